@@ -1,0 +1,20 @@
+"""mvit_backbone: Multiscale Vision Transformers (MViTv1/v2) for detectron2, images and video.
+
+Importing the package registers ``build_mvitv2_backbone`` and ``build_mvitv2_fpn_backbone`` in
+detectron2's ``BACKBONE_REGISTRY``.
+"""
+from .detection import MViT, add_mvitv2_config, build_mvitv2_backbone, build_mvitv2_fpn_backbone
+from .mvit import MVITV2_VARIANTS, WINDOW_MODES, MViTTrunk, mvitv2_variant
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MVITV2_VARIANTS",
+    "MViT",
+    "MViTTrunk",
+    "WINDOW_MODES",
+    "add_mvitv2_config",
+    "build_mvitv2_backbone",
+    "build_mvitv2_fpn_backbone",
+    "mvitv2_variant",
+]

@@ -1,0 +1,107 @@
+"""The MViT block: pooling attention + MLP, with pooled and projected skip connections."""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn as nn
+from timm.layers import DropPath, Mlp
+
+from .attention import MultiScaleAttention
+
+
+class MultiScaleBlock(nn.Module):
+    """x -> x' + Attn(norm1(x)) -> x'' + MLP(norm2(x'')), where x' is the skip path.
+
+    Channel expansion ``dim -> dim_out`` happens either inside the attention (MViTv2,
+    ``expand_in_attention=True``; the skip is ``proj(norm1(x))``) or at the end of the MLP
+    (MViTv1; the skip of the MLP is ``proj(norm2(x))``). When the query is pooled (stride_q > 1)
+    the skip is max-pooled with kernel stride+1 to the same grid.
+
+    Shapes: forward(x (B, num_prefix + prod(shape), dim), shape) ->
+        (B, num_prefix + prod(shape_out), dim_out), shape_out.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        dim_out: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_path: float = 0.0,
+        norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
+        act_layer: Callable[[], nn.Module] = nn.GELU,
+        qkv_pool_kernel: Sequence[int] = (3, 3),
+        stride_q: int | Sequence[int] = 1,
+        stride_kv: int | Sequence[int] = 1,
+        pool_mode: str = "conv",
+        residual_pooling: bool = True,
+        window_size: int = 0,
+        shift_windows: bool = False,
+        use_rel_pos: bool = False,
+        rel_pos_zero_init: bool = True,
+        input_size: Sequence[int] | None = None,
+        num_prefix: int = 0,
+        expand_in_attention: bool = True,
+    ):
+        super().__init__()
+        ndim = len(qkv_pool_kernel)
+        self.expand_in_attention = expand_in_attention
+        self.num_prefix = num_prefix
+        attn_dim = dim_out if expand_in_attention else dim
+        self.norm1 = norm_layer(dim)
+        self.attn = MultiScaleAttention(
+            dim,
+            attn_dim,
+            num_heads=num_heads,
+            qkv_bias=qkv_bias,
+            norm_layer=norm_layer,
+            pool_kernel=qkv_pool_kernel,
+            stride_q=stride_q,
+            stride_kv=stride_kv,
+            pool_mode=pool_mode,
+            residual_pooling=residual_pooling,
+            window_size=window_size,
+            shift_windows=shift_windows,
+            use_rel_pos=use_rel_pos,
+            rel_pos_zero_init=rel_pos_zero_init,
+            input_size=input_size,
+            num_prefix=num_prefix,
+        )
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.norm2 = norm_layer(attn_dim)
+        mlp_hidden = int(attn_dim * mlp_ratio)
+        self.mlp = Mlp(attn_dim, mlp_hidden, dim_out, act_layer=act_layer)
+        if dim != dim_out:
+            self.proj = nn.Linear(attn_dim if not expand_in_attention else dim, dim_out)
+
+        stride_q = tuple(stride_q) if isinstance(stride_q, (tuple, list)) else (stride_q,) * ndim
+        self.pool_skip = None
+        if any(s > 1 for s in stride_q):
+            kernel = [s + 1 if s > 1 else s for s in stride_q]
+            pool_cls = nn.MaxPool2d if ndim == 2 else nn.MaxPool3d
+            self.pool_skip = pool_cls(kernel, stride_q, [k // 2 for k in kernel], ceil_mode=False)
+
+    def _pool_skip(self, x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+        if self.pool_skip is None:
+            return x
+        p = self.num_prefix
+        prefix, grid = x[:, :p], x[:, p:]
+        grid = grid.reshape(x.shape[0], *shape, x.shape[-1]).movedim(-1, 1)
+        grid = self.pool_skip(grid).flatten(2).transpose(1, 2)
+        return torch.cat([prefix, grid], dim=1) if p else grid
+
+    def forward(
+        self, x: torch.Tensor, shape: Sequence[int]
+    ) -> tuple[torch.Tensor, tuple[int, ...]]:
+        x_norm = self.norm1(x)
+        x_attn, out_shape = self.attn(x_norm, shape)
+        if self.expand_in_attention and hasattr(self, "proj"):
+            x = self.proj(x_norm)
+        x = self._pool_skip(x, shape) + self.drop_path(x_attn)
+        x_norm = self.norm2(x)
+        x_mlp = self.mlp(x_norm)
+        if not self.expand_in_attention and hasattr(self, "proj"):
+            x = self.proj(x_norm)
+        return x + self.drop_path(x_mlp), out_shape
