@@ -3,6 +3,7 @@
 Importing the package registers ``build_mvitv2_backbone`` and ``build_mvitv2_fpn_backbone`` in
 detectron2's ``BACKBONE_REGISTRY``.
 """
+from .classification import MViTClassifier, create_model, list_models
 from .detection import MViT, add_mvitv2_config, build_mvitv2_backbone, build_mvitv2_fpn_backbone
 from .mvit import MVITV2_VARIANTS, WINDOW_MODES, MViTTrunk, mvitv2_variant
 
@@ -11,10 +12,13 @@ __version__ = "0.1.0"
 __all__ = [
     "MVITV2_VARIANTS",
     "MViT",
+    "MViTClassifier",
     "MViTTrunk",
     "WINDOW_MODES",
     "add_mvitv2_config",
     "build_mvitv2_backbone",
     "build_mvitv2_fpn_backbone",
+    "create_model",
+    "list_models",
     "mvitv2_variant",
 ]

@@ -242,10 +242,7 @@ class MultiScaleAttention(nn.Module):
             out = self.attend(q, k, v, q_shape, k_shape)
 
         if self.residual_pooling:
-            p = self.num_prefix
-            if p:
-                out = torch.cat([out[:, :, :p], out[:, :, p:] + q[:, :, p:]], dim=2)
-            else:
-                out = out + q
+            # the class token takes part too, as in the official image models (and timm)
+            out = out + q
         out = out.transpose(1, 2).reshape(b, -1, out.shape[1] * out.shape[3])
         return self.proj(out), q_shape
