@@ -1,0 +1,5 @@
+"""Faster R-CNN (FPN) with an MViTv2-T backbone: the Mask R-CNN model without its mask branch."""
+from .mask_rcnn_mvitv2 import model
+
+for key in ("mask_in_features", "mask_pooler", "mask_head"):
+    model.roi_heads.pop(key)

@@ -1,0 +1,54 @@
+"""Training with yacs YAML configs (``tools/train_net.py``): detectron2's ``DefaultTrainer``
+with COCO evaluation through pycocotools, and ``cfg.MODEL.MVITV2`` added to the config, so a
+model-zoo config switches to MViTv2 with ``MODEL.BACKBONE.NAME build_mvitv2_fpn_backbone``."""
+from __future__ import annotations
+
+import argparse
+import os
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode, get_cfg
+from detectron2.engine import DefaultTrainer, default_setup
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
+
+from ..detection import add_mvitv2_config
+
+
+class Trainer(DefaultTrainer):
+    """``DefaultTrainer`` evaluating with ``COCOEvaluator(..., use_fast_impl=False)``."""
+
+    @classmethod
+    def build_evaluator(cls, cfg: CfgNode, dataset_name: str,
+                        output_folder: str | None = None) -> DatasetEvaluator:
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
+        return COCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=False)
+
+
+def setup_yacs(args: argparse.Namespace) -> CfgNode:
+    """detectron2's config with ``MODEL.MVITV2``, merged with ``args.config_file`` and
+    ``args.opts``, frozen, after detectron2's ``default_setup`` (logging, output dir, seed)."""
+    cfg = get_cfg()
+    add_mvitv2_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def run_yacs(args: argparse.Namespace) -> dict:
+    """Train (or, with ``args.eval_only``, evaluate) the model of a yacs config.
+
+    Returns the evaluation results (``{dataset: {"bbox": {...}, ...}}``), empty when the config
+    names no test dataset.
+    """
+    cfg = setup_yacs(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        return Trainer.test(cfg, model)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train() or {}
