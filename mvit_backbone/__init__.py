@@ -3,6 +3,7 @@
 Importing the package registers ``build_mvitv2_backbone`` and ``build_mvitv2_fpn_backbone`` in
 detectron2's ``BACKBONE_REGISTRY``.
 """
+from .checkpoint import LoadReport, load_checkpoint
 from .classification import MViTClassifier, create_model, list_models
 from .detection import MViT, add_mvitv2_config, build_mvitv2_backbone, build_mvitv2_fpn_backbone
 from .mvit import MVITV2_VARIANTS, WINDOW_MODES, MViTTrunk, mvitv2_variant
@@ -10,6 +11,7 @@ from .mvit import MVITV2_VARIANTS, WINDOW_MODES, MViTTrunk, mvitv2_variant
 __version__ = "0.1.0"
 
 __all__ = [
+    "LoadReport",
     "MVITV2_VARIANTS",
     "MViT",
     "MViTClassifier",
@@ -20,5 +22,6 @@ __all__ = [
     "build_mvitv2_fpn_backbone",
     "create_model",
     "list_models",
+    "load_checkpoint",
     "mvitv2_variant",
 ]

@@ -1,0 +1,237 @@
+"""Read MViT checkpoints of every known layout into our models.
+
+Supported layouts (detected from the keys, see :func:`detect_format`):
+
+- ``official``: facebookresearch/mvit, PySlowFast and detectron2 names (``blocks.{i}...``,
+  ``head.projection``), which are also ours; wrapped in ``model_state`` / ``model`` /
+  ``state_dict`` or bare, with ``module.`` (DDP) or ``backbone.bottom_up.`` (detectron2
+  detection models) prefixes.
+- ``timm``: ``stages.{s}.blocks.{j}``, ``shortcut_proj_attn|mlp``, ``head.fc``.
+
+Relative position tables are linearly interpolated and absolute position embeddings bicubically
+resized when the checkpoint was trained at another resolution.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..layers.rel_pos import resize_rel_pos
+from ..mvit import interpolate_abs_pos
+
+logger = logging.getLogger(__name__)
+
+_WRAPPER_KEYS = ("model_state", "model", "state_dict", "model_ema", "module")
+_ANCHOR = "patch_embed.proj.weight"  # present in every MViT checkpoint
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_checkpoint` did. Keys are the model's names."""
+
+    source: str
+    format: str
+    loaded: list[str] = field(default_factory=list)
+    converted: dict[str, str] = field(default_factory=dict)  # checkpoint name -> model name
+    interpolated: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [
+            f"checkpoint {self.source} ({self.format}): loaded {len(self.loaded)} tensors, "
+            f"converted {len(self.converted)} names, interpolated {len(self.interpolated)}"
+        ]
+        for key, (old, new) in self.interpolated.items():
+            lines.append(f"  interpolated {key}: {list(old)} -> {list(new)}")
+        if self.missing:
+            lines.append(f"  missing in checkpoint ({len(self.missing)}): {', '.join(self.missing)}")
+        if self.unexpected:
+            lines.append(
+                f"  unexpected in checkpoint ({len(self.unexpected)}): {', '.join(self.unexpected)}"
+            )
+        return "\n".join(lines)
+
+
+def _read_file(path: str) -> Any:
+    if not os.path.isfile(path):
+        raise ValueError(f"checkpoint file not found: {path}")
+    if path.endswith(".pkl"):  # detectron2 model-zoo pickles of numpy arrays
+        try:
+            with open(path, "rb") as f:
+                return pickle.load(f, encoding="latin1")
+        except Exception as e:
+            raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # official .pyth files also pickle their training config; only tensors are used
+        logger.warning("%s holds pickled Python objects besides tensors; loading it fully", path)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:
+            raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+    except Exception as e:
+        raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+
+
+def _unwrap(obj: Any, source: str) -> dict[str, torch.Tensor]:
+    """Find the state dict inside a checkpoint object and make every value a tensor."""
+    while isinstance(obj, Mapping) and not any(
+        isinstance(v, (torch.Tensor, np.ndarray)) for v in obj.values()
+    ):
+        inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if inner is None:
+            raise ValueError(
+                f"checkpoint {source} holds no state dict (top-level keys: {sorted(obj)[:10]})"
+            )
+        obj = inner
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"checkpoint {source} is a {type(obj).__name__}, not a state dict")
+    state = {}
+    for k, v in obj.items():
+        if isinstance(v, np.ndarray):
+            v = torch.from_numpy(v)
+        if isinstance(v, torch.Tensor):
+            state[k] = v
+    if not state:
+        raise ValueError(f"checkpoint {source} holds no tensors")
+    return state
+
+
+def detect_format(state: Mapping[str, torch.Tensor]) -> str:
+    """'timm' or 'official' (facebookresearch/mvit, PySlowFast, detectron2, ours)."""
+    if any(re.search(r"(^|\.)stages\.\d+\.blocks\.\d+\.", k) for k in state):
+        return "timm"
+    return "official"
+
+
+def _timm_to_official(state: Mapping[str, torch.Tensor]) -> tuple[dict, dict]:
+    depths: dict[int, int] = {}
+    for k in state:
+        m = re.search(r"stages\.(\d+)\.blocks\.(\d+)\.", k)
+        if m:
+            s, j = int(m.group(1)), int(m.group(2))
+            depths[s] = max(depths.get(s, 0), j + 1)
+    starts = {s: sum(depths.get(t, 0) for t in range(s)) for s in depths}
+    out, renamed = {}, {}
+    for k, v in state.items():
+        new = re.sub(
+            r"stages\.(\d+)\.blocks\.(\d+)\.",
+            lambda m: f"blocks.{starts[int(m.group(1))] + int(m.group(2))}.",
+            k,
+        )
+        new = re.sub(r"\.shortcut_proj_(attn|mlp)\.", ".proj.", new)
+        new = new.replace("head.fc.", "head.projection.")
+        out[new] = v
+        if new != k:
+            renamed[k] = new
+    return out, renamed
+
+
+def _anchor_prefix(keys, source: str) -> str:
+    for k in keys:
+        if k.endswith(_ANCHOR):
+            return k[: -len(_ANCHOR)]
+    raise ValueError(f"{source}: no MViT weights found (no key ending in {_ANCHOR!r})")
+
+
+def _align_prefixes(state: dict, model_keys, source: str) -> tuple[dict, dict]:
+    """Re-prefix checkpoint keys so they sit where the model has its trunk (e.g. a classifier
+    checkpoint into ``backbone.bottom_up.`` of a detectron2 model, or the reverse)."""
+    ckpt_prefix = _anchor_prefix(state, source)
+    model_prefix = _anchor_prefix(model_keys, "model")
+    if ckpt_prefix == model_prefix:
+        return state, {}
+    out, renamed = {}, {}
+    for k, v in state.items():
+        new = model_prefix + k[len(ckpt_prefix):] if k.startswith(ckpt_prefix) else k
+        out[new] = v
+        if new != k:
+            renamed[k] = new
+    return out, renamed
+
+
+def _fit_shape(key: str, value: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
+    """Interpolate position tables to the model's shape; None if the shapes cannot be fit."""
+    if re.search(r"rel_pos_[thw]$", key) and value.dim() == 2 and value.shape[1] == target.shape[1]:
+        return resize_rel_pos(value.float(), target.shape[0]).to(value.dtype)
+    if key.endswith("pos_embed") and value.dim() == 3 and value.shape[2] == target.shape[2]:
+        prefix = target.shape[1] - int(round((target.shape[1]) ** 0.5)) ** 2
+        src_prefix = value.shape[1] - int(round((value.shape[1]) ** 0.5)) ** 2
+        if prefix not in (0, 1) or src_prefix not in (0, 1):
+            return None
+        side = int(round((target.shape[1] - prefix) ** 0.5))
+        grid = interpolate_abs_pos(value[:, src_prefix:].float(), (side, side)).to(value.dtype)
+        if prefix:
+            cls = value[:, :1] if src_prefix else torch.zeros_like(value[:, :1])
+            grid = torch.cat([cls, grid], dim=1)
+        return grid
+    return None
+
+
+def load_checkpoint(
+    model: nn.Module,
+    path_or_state_dict: str | os.PathLike | Mapping[str, Any],
+    strict: bool = True,
+) -> LoadReport:
+    """Load an MViT checkpoint of any supported layout into ``model``.
+
+    Args:
+        model: any module holding an MViT trunk (classifier, ``MViT`` backbone, or a whole
+            detectron2 model with the backbone under ``backbone.bottom_up``).
+        path_or_state_dict: a file (``.pth``, ``.pyth``, ``.pkl``) or an in-memory checkpoint.
+        strict: raise ``ValueError`` if any model parameter is missing from the checkpoint or
+            any checkpoint tensor has no place in the model.
+
+    Returns:
+        A :class:`LoadReport` (``str(report)`` is a readable summary).
+    """
+    if isinstance(path_or_state_dict, (str, os.PathLike)):
+        source = os.fspath(path_or_state_dict)
+        raw = _read_file(source)
+    else:
+        source = "<state_dict>"
+        raw = path_or_state_dict
+    state = _unwrap(raw, source)
+    fmt = detect_format(state)
+    report = LoadReport(source=source, format=fmt)
+    if fmt == "timm":
+        state, renamed = _timm_to_official(state)
+        report.converted.update(renamed)
+    model_state = model.state_dict()
+    state, renamed = _align_prefixes(state, model_state.keys(), source)
+    report.converted.update(renamed)
+
+    to_load = {}
+    bad_shapes = []
+    for key, value in state.items():
+        if key not in model_state:
+            report.unexpected.append(key)
+            continue
+        target = model_state[key]
+        if value.shape != target.shape:
+            fitted = _fit_shape(key, value, target)
+            if fitted is None or fitted.shape != target.shape:
+                bad_shapes.append(f"{key}: checkpoint {list(value.shape)} vs model {list(target.shape)}")
+                continue
+            report.interpolated[key] = (tuple(value.shape), tuple(target.shape))
+            value = fitted
+        to_load[key] = value
+    report.missing = [k for k in model_state if k not in to_load]
+    if bad_shapes:
+        raise ValueError(f"checkpoint {source} does not fit the model:\n  " + "\n  ".join(bad_shapes))
+    if strict and (report.missing or report.unexpected):
+        raise ValueError(f"strict loading failed:\n{report}")
+    model.load_state_dict(to_load, strict=False)
+    report.loaded = sorted(to_load)
+    logger.info("%s", report)
+    return report
