@@ -228,7 +228,13 @@ def load_checkpoint(
         to_load[key] = value
     report.missing = [k for k in model_state if k not in to_load]
     if bad_shapes:
-        raise ValueError(f"checkpoint {source} does not fit the model:\n  " + "\n  ".join(bad_shapes))
+        shown = bad_shapes[:8]
+        if len(bad_shapes) > len(shown):
+            shown.append(f"... and {len(bad_shapes) - len(shown)} more")
+        raise ValueError(
+            f"checkpoint {source} does not fit the model ({len(bad_shapes)} tensors of another "
+            "shape; a different variant?):\n  " + "\n  ".join(shown)
+        )
     if strict and (report.missing or report.unexpected):
         raise ValueError(f"strict loading failed:\n{report}")
     model.load_state_dict(to_load, strict=False)
