@@ -50,38 +50,20 @@ def add_mvitv2_config(cfg: CN) -> CN:
 
 
 def mvit_kwargs_from_cfg(cfg: CN, in_chans: int) -> dict:
-    """MViT constructor arguments from ``cfg.MODEL.MVITV2``."""
-    c = cfg.MODEL.MVITV2
-    arch = mvitv2_variant(c.VARIANT)
-    for key in arch:
-        value = c.get(key.upper())
-        if value is not None:
-            arch[key] = tuple(value) if isinstance(value, (list, tuple)) else value
-    return dict(
-        arch,
-        img_size=c.IMG_SIZE,
-        patch_kernel=tuple(c.PATCH_KERNEL),
-        patch_stride=tuple(c.PATCH_STRIDE),
-        patch_padding=tuple(c.PATCH_PADDING),
-        in_chans=in_chans,
-        qkv_pool_kernel=tuple(c.QKV_POOL_KERNEL),
-        adaptive_kv_stride=c.ADAPTIVE_KV_STRIDE,
-        adaptive_window_size=c.ADAPTIVE_WINDOW_SIZE,
-        residual_pooling=c.RESIDUAL_POOLING,
-        mlp_ratio=c.MLP_RATIO,
-        qkv_bias=c.QKV_BIAS,
-        drop_path_rate=c.DROP_PATH_RATE,
-        norm_layer=partial(nn.LayerNorm, eps=c.NORM_EPS),
-        use_abs_pos=c.USE_ABS_POS,
-        use_rel_pos=c.USE_REL_POS,
-        rel_pos_zero_init=c.REL_POS_ZERO_INIT,
-        use_act_checkpoint=c.USE_ACT_CHECKPOINT,
-        pretrain_img_size=c.PRETRAIN_IMG_SIZE,
-        pretrain_use_cls_token=c.PRETRAIN_USE_CLS_TOKEN,
-        window_mode=c.WINDOW_MODE,
-        pool_mode=c.POOL_MODE,
-        out_features=tuple(c.OUT_FEATURES),
-    )
+    """MViT constructor arguments from ``cfg.MODEL.MVITV2``.
+
+    Every key but ``VARIANT`` and ``NORM_EPS`` is the upper-case name of an argument; lists
+    become tuples, and ``None`` architecture keys take the variant's value.
+    """
+    node = cfg.MODEL.MVITV2
+    kwargs = mvitv2_variant(node.VARIANT)
+    for key, value in node.items():
+        if key in ("VARIANT", "NORM_EPS") or value is None:
+            continue
+        kwargs[key.lower()] = tuple(value) if isinstance(value, (list, tuple)) else value
+    kwargs["norm_layer"] = partial(nn.LayerNorm, eps=node.NORM_EPS)
+    kwargs["in_chans"] = in_chans
+    return kwargs
 
 
 @BACKBONE_REGISTRY.register()
