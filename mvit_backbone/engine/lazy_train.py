@@ -21,7 +21,7 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
-logger = logging.getLogger("mvit_backbone.engine")
+logger = logging.getLogger("detectron2")  # the logger default_setup() prints
 
 # Keys that only appear in checkpoints of whole detectors (detectron2 or this package).
 _DETECTOR_PREFIXES = ("backbone.", "proposal_generator.", "roi_heads.")
