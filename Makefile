@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-MINUTES ?= 12
+MINUTES ?= 13
 PYTEST_ARGS ?=
 
 .PHONY: install demo test test-slow clean
