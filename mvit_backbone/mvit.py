@@ -74,6 +74,10 @@ class MViTTrunk(nn.Module):
         use_cls_token: prepend a class token (MViTv1 and classification checkpoints).
         expand_in_attention: channel expansion in the attention of a stage's first block (v2)
             instead of in the MLP of a stage's last block (v1).
+        attn_impl: "auto" | "sdpa" | "folded" | "explicit": how attention is computed (same
+            result; see :class:`~mvit_backbone.layers.MultiScaleAttention`).
+        window_padding: "detectron2" (default, detectron2's results) | "minimal" (no padded
+            windows; differs from detectron2 where the pooled grids are not window multiples).
 
     Shapes: ``forward_stages(x (B, C, H, W))`` returns, per stage, tokens (B, [1 +] H_s * W_s,
     C_s) and the grid (H_s, W_s).
@@ -109,6 +113,8 @@ class MViTTrunk(nn.Module):
         pool_mode: str = "conv",
         use_cls_token: bool = False,
         expand_in_attention: bool = True,
+        attn_impl: str = "auto",
+        window_padding: str = "detectron2",
     ):
         super().__init__()
         if window_mode not in WINDOW_MODES:
@@ -185,6 +191,8 @@ class MViTTrunk(nn.Module):
                     input_size=input_size,
                     num_prefix=self.num_prefix,
                     expand_in_attention=expand_in_attention,
+                    attn_impl=attn_impl,
+                    window_padding=window_padding,
                 )
             )
             dim = dim_out

@@ -4,19 +4,31 @@ Tokens travel as (B, N, C) with their spatial grid shape (H, W) or (T, H, W) bes
 optional leading class token. Q, K and V are pooled on their grids (depthwise conv + LayerNorm,
 or max / average pooling), optionally split into windows, attended with decomposed relative
 position bias, and the pooled query is added back (residual pooling).
+
+Tensors stay in the (B, L, heads, C) layout the qkv Linear produces; windows are cut from it
+directly, and only windows that hold queries are built (see ``window_padding``). The attention
+itself has three implementations with the same result (``attn_impl``): the explicit matmul +
+softmax (reference, attention maps), SDPA with the decomposed rel-pos bias as additive mask,
+and SDPA with the bias folded into the dot product (q gets ``q·R_h``, ``q·R_w`` appended, k
+the one-hot codes of its row and column), which needs no Lq x Lk bias at all.
 """
 from __future__ import annotations
 
 from typing import Callable, Sequence
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .rel_pos import rel_pos_bias
-from .windows import shifted_window_mask, window_partition, window_unpartition
+from .rel_pos import rel_pos_lookup
+from .windows import partition_run, shifted_window_mask, unpartition_run, window_runs
 
 POOL_MODES = ("conv", "max", "avg")
+ATTN_IMPLS = ("auto", "sdpa", "folded", "explicit")
+WINDOW_PADDINGS = ("detectron2", "minimal")
+_AXES = "thw"  # einsum letters for up to three spatial axes
 
 
 def _as_tuple(v, ndim: int) -> tuple[int, ...]:
@@ -49,25 +61,61 @@ def make_pool(
 def attention_pool(
     x: torch.Tensor,
     shape: Sequence[int],
-    pool: nn.Module,
-    norm: nn.Module | None,
+    pools: Sequence[nn.Module],
+    norms: Sequence[nn.Module | None],
     num_prefix: int,
-) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """Pools per-head tokens (B, heads, num_prefix + prod(shape), C) on their grid.
+) -> tuple[list[torch.Tensor], tuple[int, ...]]:
+    """Pools G tensors of per-head tokens on their grid, all heads and tensors in one call.
+
+    Args:
+        x: (B, num_prefix + prod(shape), G, heads, C), the layout the qkv Linear produces, so no
+            per-head transpose is needed; G = len(pools) (e.g. K and V, which share a stride).
+        pools: per tensor, a depthwise conv of C channels shared by the heads (its weight is
+            repeated per head and the G weights stacked, for one grouped conv) or a max/avg
+            pooling (channel-wise, so the first one serves all tensors).
+        norms: per tensor, LayerNorm over C (per head) or None.
 
     The class token bypasses the pooling and rejoins before the norm (as in the official code).
-    Returns the pooled tokens and the pooled grid shape.
+    Returns G tensors (B, num_prefix + prod(pooled shape), heads, C) and the pooled grid shape.
     """
-    b, heads, _, c = x.shape
-    prefix, x = x[:, :, :num_prefix], x[:, :, num_prefix:]
-    grid = pool(x.reshape(b * heads, *shape, c).movedim(-1, 1))
+    b = x.shape[0]
+    groups, heads, c = x.shape[2:]
+    prefix, grid = x[:, :num_prefix], x[:, num_prefix:]
+    # (B, *shape, channels) is channels-last: the depthwise conv reads it without a transpose
+    grid = grid.reshape(b, *shape, groups * heads * c).movedim(-1, 1)
+    first = pools[0]
+    if isinstance(first, (nn.Conv2d, nn.Conv3d)):
+        ones = (1,) * (first.weight.dim() - 1)
+        weight = torch.cat([p.weight.repeat(heads, *ones) for p in pools])
+        conv = F.conv2d if grid.dim() == 4 else F.conv3d
+        grid = conv(grid, weight, None, first.stride, first.padding, groups=grid.shape[1])
+    else:
+        grid = first(grid)
     new_shape = tuple(grid.shape[2:])
-    x = grid.flatten(2).transpose(1, 2).reshape(b, heads, -1, c)
+    out = grid.movedim(1, -1).reshape(b, -1, groups, heads, c)
     if num_prefix:
-        x = torch.cat([prefix, x], dim=2)
-    if norm is not None:
-        x = norm(x)
-    return x, new_shape
+        out = torch.cat([prefix, out], dim=1)
+    pooled = []
+    for g, norm in enumerate(norms):
+        t = out[:, :, g]
+        pooled.append(norm(t) if norm is not None else t)
+    return pooled, new_shape
+
+
+def _attn_impl_for(impl: str, q: torch.Tensor, use_rel_pos: bool) -> str:
+    """Resolve ``attn_impl="auto"`` for one call.
+
+    On CPU, SDPA's flash kernel takes an additive bias but only as a constant: when the bias
+    needs a gradient (training with rel-pos) SDPA falls back to its math kernel, which is the
+    explicit path plus overhead. The folded form keeps the rel-pos inside q·k, so the flash
+    kernel runs forward and backward and stores no Lq x Lk matrix for backward. On CUDA the
+    memory-efficient kernel supports a bias with a gradient, so plain SDPA is used there.
+    """
+    if impl != "auto":
+        return impl
+    if use_rel_pos and q.device.type == "cpu" and torch.is_grad_enabled() and q.requires_grad:
+        return "folded"
+    return "sdpa"
 
 
 class MultiScaleAttention(nn.Module):
@@ -85,6 +133,15 @@ class MultiScaleAttention(nn.Module):
         use_rel_pos: decomposed relative position embeddings ``rel_pos_h``/``rel_pos_w``
             (``rel_pos_t`` too for 3-D), sized for ``input_size`` (the block's input grid).
         num_prefix: number of class tokens in front of the spatial tokens (0 or 1).
+        attn_impl: "auto" (default: SDPA, or on CPU with gradients and rel-pos the folded form),
+            "sdpa", "folded" or "explicit"; all give the same result up to float rounding.
+        window_padding: "detectron2" (default): keys/values are zero-padded to whole windows
+            and those zero keys take part in the softmax, exactly as detectron2 does; padded
+            queries are not computed (their outputs are cropped), which changes nothing.
+            "minimal": no padding at all; border windows are smaller. Identical to
+            "detectron2" when the pooled grids are multiples of the windows, different (no
+            phantom zero keys) otherwise. Shifted (Swin) windows keep the padding and mask the
+            padded keys.
 
     Shapes: forward(x (B, num_prefix + prod(shape), dim), shape) ->
         (B, num_prefix + prod(shape_q), dim_out), shape_q.
@@ -108,10 +165,22 @@ class MultiScaleAttention(nn.Module):
         rel_pos_zero_init: bool = True,
         input_size: Sequence[int] | None = None,
         num_prefix: int = 0,
+        attn_impl: str = "auto",
+        window_padding: str = "detectron2",
     ):
         super().__init__()
         if pool_mode not in POOL_MODES:
             raise ValueError(f"pool_mode must be one of {POOL_MODES}, got {pool_mode!r}")
+        if attn_impl not in ATTN_IMPLS:
+            raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {attn_impl!r}")
+        if window_padding not in WINDOW_PADDINGS:
+            raise ValueError(
+                f"window_padding must be one of {WINDOW_PADDINGS}, got {window_padding!r}"
+            )
+        if window_size and num_prefix:
+            raise ValueError("window attention does not take a class token (num_prefix > 0)")
+        self.attn_impl = attn_impl
+        self.window_padding = window_padding
         ndim = len(pool_kernel)
         self.ndim = ndim
         self.num_heads = num_heads
@@ -162,6 +231,57 @@ class MultiScaleAttention(nn.Module):
     def rel_pos_tables(self) -> list[torch.Tensor]:
         return [getattr(self, n) for n in self._rel_pos_names]
 
+    def _rel_lookups(
+        self, q_shape: Sequence[int], k_shape: Sequence[int]
+    ) -> list[torch.Tensor] | None:
+        """Per axis, the rel-pos embedding of every (query, key) offset: (q_len, k_len, C)."""
+        if not self.use_rel_pos:
+            return None
+        return [rel_pos_lookup(qs, ks, t) for qs, ks, t in zip(q_shape, k_shape, self.rel_pos_tables())]
+
+    def _rel_terms(
+        self, q: torch.Tensor, q_shape: Sequence[int], lookups: Sequence[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """Per axis a, ``q · R_a``: (Bw, heads, num_prefix + Lq, k_len_a), zero for class tokens.
+
+        q: unscaled queries (Bw, heads, num_prefix + prod(q_shape), C).
+        """
+        p = self.num_prefix
+        bw, heads, _, c = q.shape
+        axes = _AXES[-len(q_shape):]
+        q_grid = q[:, :, p:].reshape(bw, heads, *q_shape, c)
+        terms = []
+        for a, r in enumerate(lookups):
+            term = torch.einsum(f"bn{axes}c,{axes[a]}kc->bn{axes}k", q_grid, r.to(q.dtype))
+            term = term.reshape(bw, heads, -1, r.shape[1])
+            terms.append(F.pad(term, (0, 0, p, 0)) if p else term)
+        return terms
+
+    def _rel_bias(self, terms: Sequence[torch.Tensor], k_shape: Sequence[int]) -> torch.Tensor:
+        """The decomposed bias (Bw, heads, p + Lq, p + Lk) broadcast from the per-axis terms."""
+        ndim = len(k_shape)
+        bias = None
+        for a, term in enumerate(terms):
+            view = [1] * ndim
+            view[a] = k_shape[a]
+            term = term.reshape(*term.shape[:-1], *view)
+            bias = term if bias is None else bias + term
+        bias = bias.flatten(3)
+        return F.pad(bias, (self.num_prefix, 0)) if self.num_prefix else bias
+
+    def _key_codes(self, k: torch.Tensor, k_shape: Sequence[int]) -> list[torch.Tensor]:
+        """Per axis a, the one-hot position of every key along a: (p + Lk, k_len_a), zero rows
+        for class tokens, so that ``[q, q·R_h, q·R_w] · [k, e_h, e_w] = q·k + bias``."""
+        ndim = len(k_shape)
+        codes = []
+        for a, size in enumerate(k_shape):
+            view = [1] * ndim
+            view[a] = size
+            eye = torch.eye(size, dtype=k.dtype, device=k.device).reshape(*view, size)
+            code = eye.expand(*k_shape, size).reshape(-1, size)
+            codes.append(F.pad(code, (0, 0, self.num_prefix, 0)) if self.num_prefix else code)
+        return codes
+
     def attend(
         self,
         q: torch.Tensor,
@@ -170,79 +290,160 @@ class MultiScaleAttention(nn.Module):
         q_shape: Sequence[int],
         k_shape: Sequence[int],
         mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """softmax(q·kᵀ·scale + rel-pos bias) · v on (..., L, C) tensors; mask: True = keep."""
-        attn = (q * self.scale) @ k.transpose(-2, -1)
-        if self.use_rel_pos:
-            p = self.num_prefix
-            lead = attn.shape[:-2]
-            q_sp = q[..., p:, :].reshape(-1, q.shape[-2] - p, q.shape[-1])
-            bias = rel_pos_bias(q_sp, self.rel_pos_tables(), q_shape, k_shape)
-            bias = bias.reshape(*lead, *bias.shape[1:])
-            if p:
-                attn[..., p:, p:] = attn[..., p:, p:] + bias
-            else:
-                attn = attn + bias
-        if mask is not None:
-            attn = attn.masked_fill(~mask, float("-inf"))
-        return attn.softmax(dim=-1) @ v
+        impl: str = "explicit",
+        lookups: Sequence[torch.Tensor] | None = None,
+        return_attn: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """softmax(q·kᵀ·scale + rel-pos bias) · v for one batch of windows (or whole grids).
 
-    def _windowed(self, q, k, v, q_shape, k_shape):
-        """Attention inside windows; q/k/v: (B, heads, L, C) on 2-D grids, no class token."""
-        b, heads, _, c = q.shape
-        q_grid = q.reshape(b * heads, *q_shape, c)
-        k_grid = k.reshape(b * heads, *k_shape, c)
-        v_grid = v.reshape(b * heads, *k_shape, c)
-        if self.kv_shift and max(k_shape) > self.kv_window:
-            q_roll, kv_roll = (-self.q_shift,) * 2, (-self.kv_shift,) * 2
-            q_grid = torch.roll(q_grid, q_roll, dims=(1, 2))
-            k_grid = torch.roll(k_grid, kv_roll, dims=(1, 2))
-            v_grid = torch.roll(v_grid, kv_roll, dims=(1, 2))
-            shifted = True
-        else:
-            shifted = False
-        qw, q_pad = window_partition(q_grid, self.q_window)
-        kw, kv_pad = window_partition(k_grid, self.kv_window)
-        vw, _ = window_partition(v_grid, self.kv_window)
-        n_win_q, n_win_kv = qw.shape[0], kw.shape[0]
-        if n_win_q != n_win_kv:
-            raise ValueError(
-                f"query grid {tuple(q_shape)} and key grid {tuple(k_shape)} split into different "
-                f"numbers of windows ({n_win_q} vs {n_win_kv}); choose a window size that both "
-                "pooled grids divide consistently"
+        Args:
+            q: (Bw, heads, p + prod(q_shape), C); k, v: (Bw, heads, p + prod(k_shape), C).
+            q_shape, k_shape: the grids the tokens lie on (one window, or the whole map).
+            mask: bool, broadcastable to (Bw, heads, Lq, Lk); True = may attend.
+            impl: "explicit" (matmul + softmax; the reference), "sdpa" (the bias as SDPA's
+                additive mask) or "folded" (the bias folded into the dot product).
+            lookups: rel-pos embeddings per axis (q_len, k_len, C) when they differ from the
+                lookup for (q_shape, k_shape) (windows cut at the border use a slice of the
+                full window's lookup, so a cell's offsets do not depend on the cut).
+            return_attn: also return the attention probabilities (explicit only), for analysis.
+
+        Returns (Bw, heads, p + Lq, C) [and the attention (Bw, heads, p + Lq, p + Lk)].
+        """
+        if lookups is None:
+            lookups = self._rel_lookups(q_shape, k_shape)
+        if return_attn and impl != "explicit":
+            raise ValueError("attention maps are only available from the explicit path")
+        if impl == "explicit":
+            attn = (q * self.scale) @ k.transpose(-2, -1)
+            if lookups is not None:
+                attn = attn + self._rel_bias(self._rel_terms(q, q_shape, lookups), k_shape)
+            if mask is not None:
+                attn = attn.masked_fill(~mask, float("-inf"))
+            attn = attn.softmax(dim=-1)
+            out = attn @ v
+            return (out, attn) if return_attn else out
+        if impl == "folded" and lookups is not None:
+            terms = self._rel_terms(q, q_shape, lookups)
+            codes = self._key_codes(k, k_shape)
+            lead = k.shape[:2]
+            q_ext = torch.cat([q * self.scale, *terms], dim=-1)
+            k_ext = torch.cat([k, *(c.expand(*lead, *c.shape) for c in codes)], dim=-1)
+            # the CPU flash kernel wants one head size for q, k and v: pad v with zeros
+            extra = q_ext.shape[-1] - v.shape[-1]
+            out = F.scaled_dot_product_attention(
+                q_ext, k_ext, F.pad(v, (0, extra)), attn_mask=mask, scale=1.0
             )
+            return out[..., : v.shape[-1]]
+        if impl not in ("sdpa", "folded"):
+            raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {impl!r}")
+        attn_mask = mask
+        if lookups is not None:
+            attn_mask = self._rel_bias(self._rel_terms(q, q_shape, lookups), k_shape).to(q.dtype)
+            if mask is not None:
+                attn_mask = attn_mask.masked_fill(~mask, float("-inf"))
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=self.scale)
+
+    def _windowed(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        q_shape: tuple[int, ...],
+        k_shape: tuple[int, ...],
+        impl: str,
+    ) -> torch.Tensor:
+        """Attention inside windows; q: (B, Lq, heads, C), k/v: (B, Lk, heads, C) on 2-D grids,
+        no class token. Returns (B, Lq, heads, C)."""
+        b, _, heads, c = q.shape
+        wq, wk = self.q_window, self.kv_window
+        q_grid = q.reshape(b, *q_shape, heads, c)
+        k_grid = k.reshape(b, *k_shape, heads, c)
+        v_grid = v.reshape(b, *k_shape, heads, c)
+        (hq, wdq), (hk, wdk) = q_shape, k_shape
+        nh, nw = -(-hq // wq), -(-wdq // wq)
         mask = None
+        shifted = self.kv_shift and max(k_shape) > wk
         if shifted:
+            q_grid = torch.roll(q_grid, (-self.q_shift,) * 2, dims=(1, 2))
+            k_grid = torch.roll(k_grid, (-self.kv_shift,) * 2, dims=(1, 2))
+            v_grid = torch.roll(v_grid, (-self.kv_shift,) * 2, dims=(1, 2))
+            # shifted windows mix regions: pad to whole windows and mask by region
+            q_grid = _pad_grid(q_grid, nh * wq, nw * wq)
+            q_pad = (nh * wq, nw * wq)
+            kv_pad = (-(-hk // wk) * wk, -(-wdk // wk) * wk)
+            k_grid = _pad_grid(k_grid, *kv_pad)
+            v_grid = _pad_grid(v_grid, *kv_pad)
+            minimal = self.window_padding == "minimal"
             mask = shifted_window_mask(
-                q_pad, self.q_window, self.q_shift, kv_pad, self.kv_window, self.kv_shift, q.device
+                q_pad, wq, self.q_shift, kv_pad, wk, self.kv_shift, q.device,
+                q_hw=q_shape if minimal else None, kv_hw=k_shape if minimal else None,
             )
-            # windows are ordered (batch*heads, window): repeat the per-window mask
-            mask = mask.repeat(b * heads, 1, 1)
-        win_q = (self.q_window, self.q_window)
-        win_kv = (self.kv_window, self.kv_window)
-        out = self.attend(qw.flatten(1, 2), kw.flatten(1, 2), vw.flatten(1, 2), win_q, win_kv, mask)
-        out = window_unpartition(out.view(-1, *win_q, c), self.q_window, q_pad, q_shape)
+            mask = mask.repeat(b, 1, 1)[:, None]
+            rows = window_runs(q_pad[0], wq, kv_pad[0], wk, pad_keys=True)
+            cols = window_runs(q_pad[1], wq, kv_pad[1], wk, pad_keys=True)
+        else:
+            pad_keys = self.window_padding == "detectron2"
+            if pad_keys:
+                # detectron2 pads keys/values with zeros, and those zeros take part in the softmax
+                k_grid = _pad_grid(k_grid, -(-hk // wk) * wk, -(-wdk // wk) * wk)
+                v_grid = _pad_grid(v_grid, -(-hk // wk) * wk, -(-wdk // wk) * wk)
+            rows = window_runs(hq, wq, hk, wk, pad_keys)
+            cols = window_runs(wdq, wq, wdk, wk, pad_keys)
+        full = self._rel_lookups((wq, wq), (wk, wk))
+        out_rows = []
+        for qr, qh, kr, kh, nr in rows:
+            out_cols = []
+            for qc, qw, kc, kw, nc in cols:
+                qs = partition_run(q_grid[:, qr : qr + nr * qh, qc : qc + nc * qw], qh, qw)
+                ks = partition_run(k_grid[:, kr : kr + nr * kh, kc : kc + nc * kw], kh, kw)
+                vs = partition_run(v_grid[:, kr : kr + nr * kh, kc : kc + nc * kw], kh, kw)
+                lookups = None if full is None else [full[0][:qh, :kh], full[1][:qw, :kw]]
+                out = self.attend(
+                    qs.transpose(1, 2), ks.transpose(1, 2), vs.transpose(1, 2),
+                    (qh, qw), (kh, kw), mask, impl, lookups,
+                )
+                out_cols.append(unpartition_run(out.transpose(1, 2), b, nr, nc, qh, qw))
+            out_rows.append(torch.cat(out_cols, dim=2) if len(out_cols) > 1 else out_cols[0])
+        out = torch.cat(out_rows, dim=1) if len(out_rows) > 1 else out_rows[0]
         if shifted:
-            out = torch.roll(out, (self.q_shift, self.q_shift), dims=(1, 2))
-        return out.reshape(b, heads, -1, c)
+            out = torch.roll(out[:, :hq, :wdq], (self.q_shift, self.q_shift), dims=(1, 2))
+        return out.reshape(b, -1, heads, c)
 
     def forward(
         self, x: torch.Tensor, shape: Sequence[int]
     ) -> tuple[torch.Tensor, tuple[int, ...]]:
         b, n, _ = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
-        q, q_shape = attention_pool(q, shape, self.pool_q, self.norm_q, self.num_prefix)
-        k, k_shape = attention_pool(k, shape, self.pool_k, self.norm_k, self.num_prefix)
-        v, _ = attention_pool(v, shape, self.pool_v, self.norm_v, self.num_prefix)
-
-        if self.window_size:
-            out = self._windowed(q, k, v, q_shape, k_shape)
+        p = self.num_prefix
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, -1)
+        if self.stride_q == self.stride_kv:
+            (q, k, v), q_shape = attention_pool(
+                qkv, shape, (self.pool_q, self.pool_k, self.pool_v),
+                (self.norm_q, self.norm_k, self.norm_v), p,
+            )
+            k_shape = q_shape
         else:
-            out = self.attend(q, k, v, q_shape, k_shape)
-
+            (q,), q_shape = attention_pool(qkv[:, :, :1], shape, (self.pool_q,), (self.norm_q,), p)
+            (k, v), k_shape = attention_pool(
+                qkv[:, :, 1:], shape, (self.pool_k, self.pool_v), (self.norm_k, self.norm_v), p
+            )
+        # q, k, v: (B, p + L, heads, C)
+        impl = _attn_impl_for(self.attn_impl, q, self.use_rel_pos)
+        if self.window_size:
+            out = self._windowed(q, k, v, q_shape, k_shape, impl)
+        else:
+            out = self.attend(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), q_shape, k_shape,
+                impl=impl,
+            ).transpose(1, 2)
         if self.residual_pooling:
             # the class token takes part too, as in the official image models (and timm)
             out = out + q
-        out = out.transpose(1, 2).reshape(b, -1, out.shape[1] * out.shape[3])
-        return self.proj(out), q_shape
+        return self.proj(out.reshape(b, -1, out.shape[2] * out.shape[3])), q_shape
+
+
+def _pad_grid(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Zero-pad a (B, H, W, heads, C) grid at the bottom/right to (B, height, width, heads, C)."""
+    pad_h, pad_w = height - x.shape[1], width - x.shape[2]
+    if pad_h or pad_w:
+        x = F.pad(x, (0, 0, 0, 0, 0, pad_w, 0, pad_h))
+    return x

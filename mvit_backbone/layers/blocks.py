@@ -44,6 +44,8 @@ class MultiScaleBlock(nn.Module):
         input_size: Sequence[int] | None = None,
         num_prefix: int = 0,
         expand_in_attention: bool = True,
+        attn_impl: str = "auto",
+        window_padding: str = "detectron2",
     ):
         super().__init__()
         ndim = len(qkv_pool_kernel)
@@ -68,6 +70,8 @@ class MultiScaleBlock(nn.Module):
             rel_pos_zero_init=rel_pos_zero_init,
             input_size=input_size,
             num_prefix=num_prefix,
+            attn_impl=attn_impl,
+            window_padding=window_padding,
         )
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = norm_layer(attn_dim)

@@ -55,6 +55,8 @@ def shifted_window_mask(
     kv_window: int,
     kv_shift: int,
     device=None,
+    q_hw: tuple[int, int] | None = None,
+    kv_hw: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Boolean mask (nW, Lq_win, Lk_win): True where a query may attend to a key.
 
@@ -62,7 +64,75 @@ def shifted_window_mask(
     wrapped-around border). Cells carry the label of the region they came from; a query attends
     only to keys of its own region. The query and key grids can have different resolutions
     (pooled keys); their shifts must correspond to the same image offset.
+
+    With the unpadded sizes ``q_hw``/``kv_hw`` given, zero-padded keys are masked out too
+    (``window_padding="minimal"``); padded queries, whose outputs are cropped, then attend to
+    every key so that no row is fully masked (a fully masked row gives NaN, also in backward).
     """
     q_ids = _region_ids(q_padded_hw, q_window, q_shift, device)
     k_ids = _region_ids(kv_padded_hw, kv_window, kv_shift, device)
-    return q_ids[:, :, None] == k_ids[:, None, :]
+    mask = q_ids[:, :, None] == k_ids[:, None, :]
+    if q_hw is not None and kv_hw is not None:
+        q_valid = _valid_cells(q_hw, q_window, device)
+        k_valid = _valid_cells(kv_hw, kv_window, device)
+        mask = (mask & k_valid[:, None, :]) | ~q_valid[:, :, None]
+    return mask
+
+
+def _valid_cells(hw: tuple[int, int], window: int, device) -> torch.Tensor:
+    """True for the real (not zero-padded) cells of each window: (nW, win²)."""
+    ones = torch.ones(1, *hw, 1, device=device)
+    windows, _ = window_partition(ones, window)
+    return windows.reshape(windows.shape[0], window * window) > 0
+
+
+def window_runs(
+    q_len: int, q_window: int, k_len: int, k_window: int, pad_keys: bool
+) -> list[tuple[int, int, int, int, int]]:
+    """Windows along one axis, merged into runs of equal size, without padding the queries.
+
+    Window ``i`` holds queries ``[i * q_window, min((i + 1) * q_window, q_len))`` and keys
+    ``[i * k_window, ...)``: a full ``k_window`` when ``pad_keys`` (the keys were zero-padded
+    to a multiple, detectron2's semantics), else only the keys that exist.
+
+    Returns ``(q_start, q_size, k_start, k_size, count)`` per run, e.g. 4 full windows then one
+    partial window. Queries beyond the grid are never built: their outputs would be cropped.
+    """
+    n_q = -(-q_len // q_window)
+    n_k = -(-k_len // k_window)
+    if n_q != n_k:
+        raise ValueError(
+            f"query length {q_len} (window {q_window}) and key length {k_len} (window "
+            f"{k_window}) split into different numbers of windows ({n_q} vs {n_k}); choose a "
+            "window size that both pooled grids divide consistently"
+        )
+    runs: list[list[int]] = []
+    for i in range(n_q):
+        q_size = min(q_window, q_len - i * q_window)
+        k_size = k_window if pad_keys else min(k_window, k_len - i * k_window)
+        if runs and runs[-1][1] == q_size and runs[-1][3] == k_size:
+            runs[-1][4] += 1
+        else:
+            runs.append([i * q_window, q_size, i * k_window, k_size, 1])
+    return [tuple(r) for r in runs]
+
+
+def partition_run(x: torch.Tensor, h_win: int, w_win: int) -> torch.Tensor:
+    """(B, nh * h_win, nw * w_win, *rest) -> (B * nh * nw, h_win * w_win, *rest).
+
+    Windows of any (not necessarily square) size; ``rest`` (heads, channels) stays innermost,
+    so the copy moves whole head vectors.
+    """
+    b, hh, ww = x.shape[:3]
+    rest = x.shape[3:]
+    nh, nw = hh // h_win, ww // w_win
+    x = x.reshape(b, nh, h_win, nw, w_win, *rest).transpose(2, 3)
+    return x.reshape(b * nh * nw, h_win * w_win, *rest)
+
+
+def unpartition_run(x: torch.Tensor, batch: int, nh: int, nw: int, h_win: int, w_win: int) -> torch.Tensor:
+    """Inverse of :func:`partition_run`: (B * nh * nw, h_win * w_win, *rest) -> (B, nh * h_win,
+    nw * w_win, *rest)."""
+    rest = x.shape[2:]
+    x = x.reshape(batch, nh, nw, h_win, w_win, *rest).transpose(2, 3)
+    return x.reshape(batch, nh * h_win, nw * w_win, *rest)

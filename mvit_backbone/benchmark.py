@@ -1,0 +1,242 @@
+"""Speed and memory of ``mvit_backbone.MViT`` against ``detectron2.modeling.MViT``.
+
+Both models are built with detectron2's arguments for an MViTv2 variant and share the same
+weights (detectron2's ``state_dict`` loaded into ours). Timings are interleaved in one process
+(reference, ours, reference, ours, ...) after warm-up, so load from other processes hits both
+alike; the reported figure per model is the median, and the ratio is ours / detectron2.
+Peak memory is measured per configuration in a fresh subprocess: on CPU the growth of peak RSS
+over the RSS before the step, on CUDA ``torch.cuda.max_memory_allocated``.
+
+Shapes: inputs are (batch, 3, H, W) images; "fwd" runs the backbone under ``no_grad`` in eval
+mode, "fwd+bwd" runs it in train mode and back-propagates the sum of all feature maps.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from functools import partial
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn as nn
+
+MODES = ("fwd", "fwd+bwd")
+
+
+@dataclass
+class BenchResult:
+    """One configuration: medians in seconds, peak memory in MiB, ratios ours / detectron2."""
+
+    variant: str
+    height: int
+    width: int
+    batch: int
+    mode: str
+    d2_s: float
+    ours_s: float
+    time_ratio: float
+    d2_mib: float | None = None
+    ours_mib: float | None = None
+    mem_ratio: float | None = None
+
+
+def reference_kwargs(variant: str) -> dict:
+    """detectron2 ``MViT`` arguments of an MViTv2 variant, as in detectron2's COCO configs."""
+    from .mvit import mvitv2_variant
+
+    return dict(
+        mvitv2_variant(variant),
+        norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        rel_pos_zero_init=False,
+        drop_path_rate=0.0,
+    )
+
+
+def build_model(impl: str, variant: str, **ours_kwargs) -> nn.Module:
+    """``impl="d2"``: ``detectron2.modeling.MViT``; ``"ours"``: ``mvit_backbone.MViT``."""
+    if impl == "d2":
+        from detectron2.modeling import MViT as D2MViT
+
+        return D2MViT(**reference_kwargs(variant))
+    from .detection import MViT
+
+    return MViT(**reference_kwargs(variant), **ours_kwargs)
+
+
+def build_pair(variant: str, **ours_kwargs) -> tuple[nn.Module, nn.Module]:
+    """(detectron2 model, our model) with identical weights."""
+    torch.manual_seed(0)
+    ref = build_model("d2", variant)
+    ours = build_model("ours", variant, **ours_kwargs)
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    return ref, ours
+
+
+def run_step(model: nn.Module, x: torch.Tensor, mode: str) -> None:
+    """One forward ("fwd", no_grad, eval) or forward+backward ("fwd+bwd", train)."""
+    if mode == "fwd":
+        model.eval()
+        with torch.no_grad():
+            model(x)
+    elif mode == "fwd+bwd":
+        model.train()
+        model.zero_grad(set_to_none=True)
+        out = model(x)
+        sum(o.float().sum() for o in out.values()).backward()
+    else:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if x.is_cuda:
+        torch.cuda.synchronize()
+
+
+def time_pair(
+    ref: nn.Module, ours: nn.Module, x: torch.Tensor, mode: str, repeats: int = 3, warmup: int = 1
+) -> tuple[float, float]:
+    """Interleaved timing; returns the median seconds of (reference, ours)."""
+    for _ in range(warmup):
+        run_step(ref, x, mode)
+        run_step(ours, x, mode)
+    t_ref, t_ours = [], []
+    for _ in range(repeats):
+        for model, times in ((ref, t_ref), (ours, t_ours)):
+            start = time.perf_counter()
+            run_step(model, x, mode)
+            times.append(time.perf_counter() - start)
+    return statistics.median(t_ref), statistics.median(t_ours)
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def measure_peak_memory(
+    impl: str, variant: str, height: int, width: int, batch: int, mode: str, device: str = "cpu"
+) -> float:
+    """Peak memory (MiB) of one step, in this process (call it in a fresh one).
+
+    CPU: peak RSS (``ru_maxrss``) after the step minus RSS before it, after one warm-up step
+    so that allocator pools and one-off buffers of both models are accounted the same way. The
+    warm-up is only counted if its peak exceeds the measured step's (then it is the peak).
+    CUDA: ``torch.cuda.max_memory_allocated`` over the step minus the memory held before it.
+    """
+    torch.manual_seed(0)
+    model = build_model(impl, variant).to(device)
+    x = torch.randn(batch, 3, height, width, device=device)
+    if device.startswith("cuda"):
+        run_step(model, x, mode)
+        model.zero_grad(set_to_none=True)
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        run_step(model, x, mode)
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    gc.collect()
+    base = _rss_mib()
+    run_step(model, x, mode)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+
+
+def peak_memory_subprocess(
+    impl: str, variant: str, height: int, width: int, batch: int, mode: str, device: str = "cpu",
+    threads: int | None = None,
+) -> float:
+    """:func:`measure_peak_memory` in a fresh Python process; returns MiB."""
+    spec = dict(impl=impl, variant=variant, height=height, width=width, batch=batch, mode=mode,
+                device=device)
+    env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    out = subprocess.run(
+        [sys.executable, "-m", "mvit_backbone.benchmark", json.dumps(spec)],
+        check=True, capture_output=True, text=True, env=env,
+    )
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def run_benchmark(
+    variants: Sequence[str],
+    sizes: Sequence[tuple[int, int]],
+    batches: Sequence[int],
+    modes: Sequence[str] = MODES,
+    repeats: int = 3,
+    device: str = "cpu",
+    memory: bool = True,
+    log=print,
+) -> list[BenchResult]:
+    """Every (variant, size, batch, mode): interleaved medians and, optionally, peak memory."""
+    results = []
+    for variant in variants:
+        ref, ours = build_pair(variant)
+        ref.to(device)
+        ours.to(device)
+        for (h, w) in sizes:
+            for batch in batches:
+                x = torch.randn(batch, 3, h, w, device=device)
+                for mode in modes:
+                    t_ref, t_ours = time_pair(ref, ours, x, mode, repeats=repeats)
+                    r = BenchResult(variant, h, w, batch, mode, t_ref, t_ours, t_ours / t_ref)
+                    if memory:
+                        threads = torch.get_num_threads()
+                        r.d2_mib = peak_memory_subprocess("d2", variant, h, w, batch, mode, device, threads)
+                        r.ours_mib = peak_memory_subprocess("ours", variant, h, w, batch, mode, device, threads)
+                        r.mem_ratio = r.ours_mib / r.d2_mib
+                    log(json.dumps(asdict(r)))
+                    results.append(r)
+        del ref, ours
+        gc.collect()
+    return results
+
+
+def to_markdown(results: Iterable[BenchResult], device: str = "cpu") -> str:
+    """A markdown table of the results."""
+    unit = "peak RSS growth" if device == "cpu" else "max_memory_allocated"
+    lines = [
+        f"| model | input | batch | mode | detectron2 s | ours s | time ours/d2 | d2 MiB | ours MiB | memory ours/d2 ({unit}) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        mem = ("-", "-", "-") if r.mem_ratio is None else (
+            f"{r.d2_mib:.0f}", f"{r.ours_mib:.0f}", f"{r.mem_ratio:.2f}")
+        lines.append(
+            f"| MViTv2-{r.variant} | {r.height}×{r.width} | {r.batch} | {r.mode} | {r.d2_s:.3f} | "
+            f"{r.ours_s:.3f} | {r.time_ratio:.2f} | {mem[0]} | {mem[1]} | {mem[2]} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: Sequence[BenchResult], path: str) -> None:
+    """Bar chart of the time and memory ratios per configuration, written to ``path`` (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r.variant} {r.height}×{r.width} b{r.batch}\n{r.mode}" for r in results]
+    xs = range(len(results))
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(results)), 4))
+    width = 0.4
+    ax.bar([x - width / 2 for x in xs], [r.time_ratio for r in results], width, label="time")
+    mem = [r.mem_ratio if r.mem_ratio is not None else 0.0 for r in results]
+    ax.bar([x + width / 2 for x in xs], mem, width, label="peak memory")
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels(labels, fontsize=7)
+    ax.set_ylabel("ours / detectron2")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    # the subprocess entry of peak_memory_subprocess: one JSON spec in, MiB out
+    spec = json.loads(sys.argv[1])
+    print(measure_peak_memory(**spec))

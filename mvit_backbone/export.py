@@ -1,0 +1,109 @@
+"""ONNX export of MViT models (classifier or detection backbone) and its check with onnxruntime.
+
+The exporter is torch's dynamo-based ``torch.onnx.export(..., dynamo=True)`` (needs
+``onnxscript``): it traces with ``torch.export``, so what exports here is what ``torch.export``
+accepts. The legacy TorchScript exporter cannot take the pooling conv, whose weight is built at
+run time (one depthwise conv for all heads). Input sizes are fixed at export; the rel-pos tables
+are interpolated for that size during tracing, so the graph holds no interpolation.
+
+Peak memory of an export is sampled from ``/proc/self/statm`` while it runs.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+
+@dataclass
+class ExportReport:
+    """What an export took: wall seconds, peak RSS of the process during the export and its
+    growth over the RSS before it (MiB), and the file size (MiB)."""
+
+    path: str
+    seconds: float
+    peak_rss_mib: float
+    rss_growth_mib: float
+    file_mib: float
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class _PeakRSS:
+    """Samples the process RSS every ``interval`` seconds in a thread; ``peak`` is the maximum."""
+
+    def __init__(self, interval: float = 0.01):
+        self.interval = interval
+        self.peak = _rss_mib()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss_mib())
+            time.sleep(self.interval)
+
+    def __enter__(self) -> "_PeakRSS":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_mib())
+
+
+def export_onnx(
+    model: nn.Module, example: torch.Tensor, path: str, opset_version: int = 18
+) -> ExportReport:
+    """Export ``model`` (in eval mode) for inputs shaped like ``example`` (B, 3, H, W) to ``path``.
+
+    A detection backbone's dict output becomes one ONNX output per feature, in
+    ``out_features`` order.
+    """
+    model = model.eval()
+    start_rss = _rss_mib()
+    start = time.perf_counter()
+    with _PeakRSS() as peak, torch.no_grad():
+        program = torch.onnx.export(
+            model, (example,), dynamo=True, opset_version=opset_version, verbose=False
+        )
+        program.save(path)
+    seconds = time.perf_counter() - start
+    return ExportReport(path, seconds, peak.peak, peak.peak - start_rss, os.path.getsize(path) / 2**20)
+
+
+def _flat_outputs(out) -> list[torch.Tensor]:
+    if isinstance(out, dict):
+        return list(out.values())
+    if isinstance(out, (list, tuple)):
+        return list(out)
+    return [out]
+
+
+def onnx_max_abs_error(path: str, model: nn.Module, inputs: Sequence[torch.Tensor]) -> float:
+    """Largest |onnxruntime - PyTorch| over all outputs and the given inputs (each (B, 3, H, W))."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    worst = 0.0
+    model = model.eval()
+    for x in inputs:
+        got = session.run(None, {name: x.numpy()})
+        with torch.no_grad():
+            want = _flat_outputs(model(x))
+        if len(got) != len(want):
+            raise ValueError(f"ONNX model has {len(got)} outputs, PyTorch {len(want)}")
+        for g, w in zip(got, want):
+            worst = max(worst, float(np.abs(g - w.numpy()).max()))
+    return worst

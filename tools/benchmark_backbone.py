@@ -1,0 +1,51 @@
+"""Benchmark mvit_backbone.MViT against detectron2.modeling.MViT (same weights, one run).
+
+Example (what docs/BENCHMARKS.md reports):
+    .venv/bin/python tools/benchmark_backbone.py --variants T --sizes 512 1024 800x1333 \
+        --batches 1 2 --out docs/benchmarks/cpu_T
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import asdict
+
+import torch
+
+from mvit_backbone.benchmark import MODES, plot, run_benchmark, to_markdown
+
+
+def _size(text: str) -> tuple[int, int]:
+    h, _, w = text.partition("x")
+    return int(h), int(w or h)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variants", nargs="+", default=["T"], help="MViTv2 variants: T S B L H")
+    p.add_argument("--sizes", nargs="+", type=_size, default=[(512, 512), (1024, 1024), (800, 1333)],
+                   help="HxW or S (square)")
+    p.add_argument("--batches", nargs="+", type=int, default=[1, 2])
+    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats per model (median)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--out", default="benchmark_backbone", help="output prefix: .md, .png, .json")
+    args = p.parse_args()
+
+    torch.set_num_threads(args.threads)
+    results = run_benchmark(args.variants, args.sizes, args.batches, args.modes, args.repeats,
+                            args.device, memory=not args.no_memory)
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out + ".md", "w") as f:
+        f.write(to_markdown(results, args.device))
+    with open(args.out + ".json", "w") as f:
+        json.dump([asdict(r) for r in results], f, indent=1)
+    plot(results, args.out + ".png")
+    print(to_markdown(results, args.device))
+
+
+if __name__ == "__main__":
+    main()
