@@ -141,7 +141,8 @@ class MViTTrunk(nn.Module):
                 torch.zeros(1, math.prod(grid) + int(self._pos_has_cls), embed_dim)
             )
 
-        dpr = [r.item() for r in torch.linspace(0, drop_path_rate, depth)]
+        # stochastic depth grows linearly with depth (plain floats: works on the meta device too)
+        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         ends = self._last_block_indexes
         stage_starts = {0} | {i + 1 for i in ends}
         input_size = [img_size // s for s in patch_stride]
