@@ -180,3 +180,12 @@ def mvitv1_b16(num_classes: int = 1000, **kw) -> MViTClassifier:
 @register_model
 def mvitv1_b24(num_classes: int = 1000, **kw) -> MViTClassifier:
     return _mvitv1(24, (1, 4, 20, 23), num_classes, **kw)
+
+
+@register_model
+def mvitv2_nano(num_classes: int = 1000, **kw) -> MViTClassifier:
+    """A slim MViTv2 (not in the paper) for CPU runs on small images, e.g. the synthetic
+    default of ``projects/MViTv2/train_imagenet.py``: width 32, 4 blocks, one per stage;
+    same attention as MViTv2-T (rel-pos, residual pooling, K/V stride 4 in stage 1)."""
+    arch = dict(embed_dim=32, depth=4, num_heads=1, last_block_indexes=(0, 1, 2, 3), drop_path_rate=0.0)
+    return _mvitv2("T", num_classes, **dict(arch, **kw))

@@ -1,0 +1,671 @@
+"""ImageNet-style training and evaluation of the classification models (MViTv2 App. B.2).
+
+The recipe: AdamW with the learning rate scaled linearly from ``base_lr`` per ``base_batch_size``
+images, linear warm-up then half-period cosine (stepped every iteration), weight decay on weight
+matrices only (not on norms, biases, position embeddings, relative positions or the class token),
+optional gradient clipping, AMP on CUDA, optional EMA of the weights. Augmentation is timm's:
+inception crop + RandAugment + random erasing (``timm.data.create_transform``), mixup/cutmix with
+label smoothing (``timm.data.Mixup`` + ``SoftTargetCrossEntropy``) and repeated augmentation
+(``timm.data.distributed_sampler.RepeatAugSampler``). Evaluation follows the paper's two
+protocols: ``center`` (resize the shorter side to ``img_size / eval_crop_pct``, centre crop) and
+``full`` (resize the whole image to ``img_size`` x ``img_size``).
+
+Distributed training runs through ``torch.distributed`` under ``torchrun`` (NCCL on CUDA, gloo on
+CPU). Rank 0 writes, under ``output_dir``: ``checkpoint_last.pth`` every epoch, ``log.txt``,
+tensorboard scalars in ``tb/``, ``history.json``, ``training_curve.png`` and, at the end,
+``metrics.json`` (``eval_metrics.json`` for ``eval_only``).
+
+:func:`run` is the entry point; ``projects/MViTv2/train_imagenet.py`` only parses arguments.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from PIL import Image
+from torch.utils.data import DataLoader, Subset
+from torchvision.datasets import ImageFolder
+
+from ..data.image_folder import write_synthetic_image_folder
+from .models import create_model
+
+logger = logging.getLogger("mvit_backbone.classification.train")
+
+EVAL_PROTOCOLS = ("center", "full")
+# parameter names (last component) that never get weight decay, besides every 1-d tensor
+NO_DECAY_NAMES = ("pos_embed", "pos_embed_spatial", "pos_embed_temporal", "pos_embed_class",
+                  "cls_token", "rel_pos_h", "rel_pos_w", "rel_pos_t")
+
+
+class CorruptImageError(RuntimeError):
+    """An image file of the dataset cannot be decoded; the message names the file."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable, or does not fit the model; the message says which."""
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a run. YAML configs and ``--set key=value`` fill these fields."""
+
+    # data: an ImageFolder root with train/ and val/; empty -> the synthetic dataset
+    data_dir: str = ""
+    synthetic_dir: str = "datasets/synthetic_shapes"
+    synthetic_train_per_class: int = 300
+    synthetic_val_per_class: int = 50
+    synthetic_image_size: int = 72
+    output_dir: str = "output/mvitv2_imagenet"
+    # model
+    model: str = "mvitv2_t"
+    model_kwargs: dict = field(default_factory=dict)
+    img_size: int = 224
+    drop_path: float | None = None  # None: the model's default for its size
+    head_dropout: float = 0.0
+    weights: str = ""  # initial weights (any format mvit_backbone.load_checkpoint reads)
+    # optimisation
+    epochs: int = 300
+    warmup_epochs: float = 70.0
+    batch_size: int = 64  # per process
+    base_lr: float = 2e-3
+    base_batch_size: int = 2048  # lr = base_lr * total batch / base_batch_size
+    warmup_start_lr: float = 1e-6
+    end_lr: float = 1e-6
+    weight_decay: float = 0.05
+    betas: tuple = (0.9, 0.999)
+    clip_grad: float = 0.0  # max L2 norm of the gradients; 0 = off
+    amp: bool = True  # used on CUDA only
+    amp_dtype: str = "float16"
+    ema: bool = False
+    ema_decay: float = 0.9999
+    # augmentation (timm)
+    auto_augment: str = "rand-m9-mstd0.5-inc1"
+    color_jitter: float = 0.4
+    hflip: float = 0.5
+    train_scale: tuple = (0.08, 1.0)
+    train_ratio: tuple = (3.0 / 4.0, 4.0 / 3.0)
+    interpolation: str = "bicubic"
+    reprob: float = 0.25
+    mixup: float = 0.8
+    cutmix: float = 1.0
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    label_smoothing: float = 0.1
+    repeated_aug: int = 3  # repeats per sample; 1 = off
+    eval_crop_pct: float = 0.875  # 224/256
+    eval_protocols: tuple = EVAL_PROTOCOLS  # evaluated every epoch; the final eval does both
+    # run
+    seed: int = 0
+    num_workers: int = 8
+    threads: int = 0  # torch intra-op threads per process; 0 = cores / processes - workers
+    log_period: int = 20
+    checkpoint_period: int = 0  # also keep checkpoint_{epoch}.pth every N epochs; 0 = only last
+    eval_batch_size: int = 0  # 0 = batch_size
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        """Build from a dict, rejecting unknown keys; lists become tuples where fields are tuples."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"unknown config keys {unknown}; known: {sorted(known)}")
+        fixed = {k: tuple(v) if isinstance(v, list) and known[k].type == "tuple" else v
+                 for k, v in values.items()}
+        return cls(**fixed)
+
+    def peak_lr(self, world_size: int) -> float:
+        """The linearly scaled learning rate for the total batch ``batch_size * world_size``."""
+        return self.base_lr * self.batch_size * world_size / self.base_batch_size
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a YAML config (``None``: the dataclass defaults) and apply ``overrides``."""
+    import yaml
+
+    values: dict[str, Any] = {}
+    if path is not None:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+    values.update(overrides or {})
+    return TrainConfig.from_dict(values)
+
+
+# --------------------------------------------------------------------------- optimisation
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two AdamW groups: decayed weight matrices, and the rest with ``weight_decay`` 0.
+
+    No decay for 1-d parameters (norm weights, biases) and for position embeddings, relative
+    positions and the class token (:data:`NO_DECAY_NAMES`). Group dicts carry ``names``.
+    """
+    decay, no_decay, decay_names, no_decay_names = [], [], [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim <= 1 or name.endswith(".bias") or name.split(".")[-1] in NO_DECAY_NAMES:
+            no_decay.append(p)
+            no_decay_names.append(name)
+        else:
+            decay.append(p)
+            decay_names.append(name)
+    return [
+        {"params": decay, "weight_decay": weight_decay, "names": decay_names},
+        {"params": no_decay, "weight_decay": 0.0, "names": no_decay_names},
+    ]
+
+
+def lr_at(epoch: float, peak_lr: float, cfg: TrainConfig) -> float:
+    """Learning rate at a fractional ``epoch``: linear warm-up from ``warmup_start_lr`` to
+    ``peak_lr`` over ``warmup_epochs``, then half-period cosine down to ``end_lr`` at ``epochs``."""
+    if epoch < cfg.warmup_epochs:
+        return cfg.warmup_start_lr + (peak_lr - cfg.warmup_start_lr) * epoch / cfg.warmup_epochs
+    span = max(cfg.epochs - cfg.warmup_epochs, 1e-8)
+    progress = min((epoch - cfg.warmup_epochs) / span, 1.0)
+    return cfg.end_lr + (peak_lr - cfg.end_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups`; the lr is set every step by the schedule."""
+    groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups(model, cfg.weight_decay)]
+    return torch.optim.AdamW(groups, lr=cfg.warmup_start_lr, betas=tuple(cfg.betas))
+
+
+# --------------------------------------------------------------------------- data
+
+
+def load_rgb(path: str) -> Image.Image:
+    """Decode an image file as RGB; :class:`CorruptImageError` naming ``path`` if it cannot be."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as e:
+        raise CorruptImageError(f"cannot decode image file {path}: {e}") from e
+
+
+def build_transform(cfg: TrainConfig, split: str):
+    """timm transform: ``train`` (inception crop, RandAugment, random erasing), or an eval
+    protocol ``center`` / ``full``. Output: float tensor (3, img_size, img_size), normalised."""
+    from timm.data import create_transform
+
+    if split == "train":
+        return create_transform(
+            cfg.img_size,
+            is_training=True,
+            scale=tuple(cfg.train_scale),
+            ratio=tuple(cfg.train_ratio),
+            hflip=cfg.hflip,
+            color_jitter=cfg.color_jitter,
+            auto_augment=cfg.auto_augment or None,
+            interpolation=cfg.interpolation,
+            re_prob=cfg.reprob,
+            re_mode="pixel",
+            re_count=1,
+        )
+    if split == "center":
+        return create_transform(cfg.img_size, is_training=False, interpolation=cfg.interpolation,
+                                crop_pct=cfg.eval_crop_pct, crop_mode="center")
+    if split == "full":
+        return create_transform(cfg.img_size, is_training=False, interpolation=cfg.interpolation,
+                                crop_pct=1.0, crop_mode="squash")
+    raise ValueError(f"split must be 'train' or one of {EVAL_PROTOCOLS}, got {split!r}")
+
+
+def dataset_root(cfg: TrainConfig) -> Path:
+    """The ImageFolder root: ``data_dir``, or the synthetic dataset (written if absent)."""
+    if cfg.data_dir:
+        root = Path(cfg.data_dir)
+        for split in ("train", "val"):
+            if not (root / split).is_dir():
+                raise FileNotFoundError(f"{root / split} is not a directory; expected the "
+                                        f"ImageNet layout {root}/{{train,val}}/<class>/<image>")
+        return root
+    return write_synthetic_image_folder(
+        cfg.synthetic_dir,
+        train_per_class=cfg.synthetic_train_per_class,
+        val_per_class=cfg.synthetic_val_per_class,
+        image_size=cfg.synthetic_image_size,
+        seed=cfg.seed,
+    )
+
+
+def build_dataset(root: Path, split_dir: str, transform) -> ImageFolder:
+    """``torchvision`` ImageFolder of ``root/split_dir`` that reports corrupt files by name."""
+    return ImageFolder(str(root / split_dir), transform=transform, loader=load_rgb)
+
+
+# --------------------------------------------------------------------------- distributed
+
+
+@dataclass
+class DistInfo:
+    """This process's place in the job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> DistInfo:
+    """Join the process group torchrun describes (``WORLD_SIZE`` > 1), NCCL on CUDA else gloo."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return DistInfo(rank, world, local_rank, device)
+
+
+def all_reduce_sum(values: Sequence[float], info: DistInfo) -> list[float]:
+    """Sum floats over all processes (identity for one process)."""
+    t = torch.tensor(list(values), dtype=torch.float64, device=info.device)
+    if info.world_size > 1:
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+# --------------------------------------------------------------------------- model, checkpoints
+
+
+def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
+    """``create_model(cfg.model)`` at ``img_size`` with the config's overrides."""
+    kwargs = dict(cfg.model_kwargs)
+    kwargs.setdefault("img_size", cfg.img_size)
+    kwargs.setdefault("head_dropout", cfg.head_dropout)
+    if cfg.drop_path is not None:
+        kwargs.setdefault("drop_path_rate", cfg.drop_path)
+    return create_model(cfg.model, num_classes=num_classes, **kwargs)
+
+
+def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint written by this module; :class:`CheckpointError` if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a truncated or foreign file
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e})") from e
+    required = ("model", "epoch", "optimizer", "classes", "history")
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in required):
+        have = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(f"checkpoint {path} is not a training checkpoint: it needs keys "
+                              f"{list(required)}, has {have}. For weights alone use --weights")
+    return ckpt
+
+
+def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Strict load that turns key and shape mismatches into a :class:`CheckpointError`."""
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {source} does not fit model: {e}") from e
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write atomically (temporary file, then rename) so an interrupted save leaves the old one."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- train / evaluate
+
+
+def accuracy_counts(logits: torch.Tensor, target: torch.Tensor, ks: Iterable[int] = (1, 5)) -> list[int]:
+    """Number of samples whose label is among the top-k logits. logits (B, K), target (B,)."""
+    maxk = min(max(ks), logits.shape[1])
+    top = logits.topk(maxk, dim=1).indices  # (B, maxk)
+    hit = top.eq(target[:, None])
+    return [int(hit[:, : min(k, maxk)].any(dim=1).sum()) for k in ks]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, info: DistInfo, amp_ctx) -> dict[str, float]:
+    """Top-1/top-5 (%) and mean cross-entropy over the loader's shards of all processes."""
+    model.eval()
+    loss_sum, n, c1, c5 = 0.0, 0, 0, 0
+    for images, target in loader:
+        images, target = images.to(info.device), target.to(info.device)
+        with amp_ctx():
+            logits = model(images).float()
+        loss_sum += float(nn.functional.cross_entropy(logits, target, reduction="sum"))
+        a1, a5 = accuracy_counts(logits, target)
+        c1, c5, n = c1 + a1, c5 + a5, n + len(target)
+    loss_sum, n, c1, c5 = all_reduce_sum([loss_sum, n, c1, c5], info)
+    return {"top1": 100.0 * c1 / max(n, 1), "top5": 100.0 * c5 / max(n, 1),
+            "loss": loss_sum / max(n, 1), "count": int(n)}
+
+
+def _format_eta(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def _setup_logging(output_dir: Path, info: DistInfo) -> None:
+    logger.setLevel(logging.INFO if info.is_main else logging.WARNING)
+    logger.propagate = False
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+        h.close()
+    fmt = logging.Formatter("[%(asctime)s] %(message)s", "%m/%d %H:%M:%S")
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    if info.is_main:
+        handlers.append(logging.FileHandler(output_dir / "log.txt"))
+    for h in handlers:
+        h.setFormatter(fmt)
+        logger.addHandler(h)
+
+
+def plot_history(history: list[dict[str, Any]], path: Path) -> None:
+    """Training loss and validation top-1 per epoch, side by side, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] + 1 for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    if all("val_center_loss" in h for h in history):
+        ax_loss.plot(epochs, [h["val_center_loss"] for h in history], "s-", label="val (center)")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("loss")
+    ax_loss.legend()
+    for proto in EVAL_PROTOCOLS:
+        key = f"val_{proto}_top1"
+        if history and all(key in h for h in history):
+            ax_acc.plot(epochs, [h[key] for h in history], "o-", label=f"top-1 ({proto})")
+    ax_acc.set_xlabel("epoch")
+    ax_acc.set_ylabel("accuracy (%)")
+    ax_acc.set_ylim(0, 100)
+    ax_acc.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+class _Run:
+    """State of one training or evaluation run (one per process)."""
+
+    def __init__(self, cfg: TrainConfig, info: DistInfo):
+        self.cfg, self.info = cfg, info
+        self.out = Path(cfg.output_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        _setup_logging(self.out, info)
+        workers_per_proc = cfg.num_workers
+        threads = cfg.threads or max(1, (os.cpu_count() or 1) // info.world_size - workers_per_proc)
+        torch.set_num_threads(threads)
+        seed = cfg.seed + info.rank
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+        # the synthetic tree is written by rank 0 while the others wait
+        if info.is_main:
+            root = dataset_root(cfg)
+        if info.world_size > 1:
+            dist.barrier()
+        if not info.is_main:
+            root = dataset_root(cfg)
+        self.root = root
+        self.eval_sets = {p: build_dataset(root, "val", build_transform(cfg, p)) for p in EVAL_PROTOCOLS}
+        self.classes = self.eval_sets["center"].classes
+        self.model = build_model(cfg, len(self.classes)).to(info.device)
+        cuda_amp = cfg.amp and info.device.type == "cuda"
+        amp_dtype = getattr(torch, cfg.amp_dtype)
+        self.amp_ctx = lambda: torch.autocast("cuda", dtype=amp_dtype, enabled=cuda_amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cuda_amp and amp_dtype == torch.float16)
+        logger.info("model %s: %.2fM parameters, %d classes, %d process(es), %d thread(s) each, "
+                    "device %s", cfg.model, sum(p.numel() for p in self.model.parameters()) / 1e6,
+                    len(self.classes), info.world_size, threads, info.device)
+
+    def eval_loader(self, protocol: str) -> DataLoader:
+        ds = self.eval_sets[protocol]
+        shard = Subset(ds, range(self.info.rank, len(ds), self.info.world_size))
+        return DataLoader(shard, batch_size=self.cfg.eval_batch_size or self.cfg.batch_size,
+                          shuffle=False, num_workers=self.cfg.num_workers)
+
+    def evaluate_all(self, model: nn.Module, protocols: Iterable[str]) -> dict[str, float]:
+        """``{"val_<protocol>_<top1|top5|loss>": value}`` for the given protocols."""
+        results = {}
+        for p in protocols:
+            m = evaluate(model, self.eval_loader(p), self.info, self.amp_ctx)
+            results.update({f"val_{p}_{k}": v for k, v in m.items() if k != "count"})
+            logger.info("eval (%s, %d images): top-1 %.2f%%  top-5 %.2f%%  loss %.4f",
+                        p, m["count"], m["top1"], m["top5"], m["loss"])
+        return results
+
+    # ---------------------------------------------------------------- eval only
+    def eval_only(self, resume: str | None) -> dict[str, Any]:
+        """Evaluate a training checkpoint (or ``cfg.weights``) with both protocols."""
+        if resume:
+            path = self._resolve_resume(resume, must_exist=True)
+            ckpt = load_training_checkpoint(path)
+            self._check_classes(ckpt, path)
+            load_model_state(self.model, ckpt["model"], str(path))
+            source, epoch = str(path), int(ckpt["epoch"])
+        elif self.cfg.weights:
+            self._load_weights()
+            source, epoch = self.cfg.weights, -1
+        else:
+            raise CheckpointError("eval-only needs a checkpoint: pass --resume [PATH] or --weights PATH")
+        metrics = {"checkpoint": source, "epoch": epoch, **self.evaluate_all(self.model, EVAL_PROTOCOLS)}
+        if self.info.is_main:
+            (self.out / "eval_metrics.json").write_text(json.dumps(metrics, indent=1))
+        return metrics
+
+    # ---------------------------------------------------------------- training
+    def _resolve_resume(self, resume: str, must_exist: bool) -> Path | None:
+        path = self.out / "checkpoint_last.pth" if resume == "auto" else Path(resume)
+        if resume == "auto" and not path.exists() and not must_exist:
+            logger.info("no checkpoint in %s; starting from scratch", self.out)
+            return None
+        return path
+
+    def _check_classes(self, ckpt: dict[str, Any], path: Path) -> None:
+        if list(ckpt["classes"]) != list(self.classes):
+            raise CheckpointError(f"checkpoint {path} was trained on classes {ckpt['classes'][:5]}... "
+                                  f"({len(ckpt['classes'])}); this dataset has {self.classes[:5]}... "
+                                  f"({len(self.classes)})")
+
+    def _load_weights(self) -> None:
+        from .. import load_checkpoint  # the checkpoint package converts official/timm layouts
+
+        report = load_checkpoint(self.model, self.cfg.weights, strict=False)
+        logger.info("initial weights from %s: %s", self.cfg.weights, report)
+
+    def train(self, resume: str | None) -> dict[str, Any]:
+        cfg, info = self.cfg, self.info
+        from timm.data import Mixup
+        from timm.data.distributed_sampler import RepeatAugSampler
+        from timm.loss import SoftTargetCrossEntropy
+        from timm.utils import ModelEmaV3
+
+        train_set = build_dataset(self.root, "train", build_transform(cfg, "train"))
+        if train_set.classes != self.classes:
+            raise ValueError(f"train classes {train_set.classes} differ from val classes {self.classes}")
+        # each process sees len(train_set) / world_size samples per epoch, every sample
+        # ``repeated_aug`` times across the processes (DeiT's sampler; selected_round=0 keeps
+        # small datasets whole where DeiT rounds the count down to a multiple of 256)
+        sampler = RepeatAugSampler(train_set, num_replicas=info.world_size, rank=info.rank,
+                                   shuffle=True, num_repeats=cfg.repeated_aug, selected_round=0)
+        if len(sampler) < cfg.batch_size:
+            raise ValueError(f"{len(sampler)} training images per process is less than one batch "
+                             f"of {cfg.batch_size}")
+        loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
+                            num_workers=cfg.num_workers, pin_memory=info.device.type == "cuda",
+                            persistent_workers=cfg.num_workers > 0)
+        mixup = None
+        if cfg.mixup > 0 or cfg.cutmix > 0:
+            mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
+                          switch_prob=cfg.mixup_switch_prob, label_smoothing=cfg.label_smoothing,
+                          num_classes=len(self.classes))
+            criterion: nn.Module = SoftTargetCrossEntropy()
+        else:
+            criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+        if cfg.weights:
+            self._load_weights()
+        model = self.model
+        optimizer = build_optimizer(model, cfg)
+        ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema else None
+        history: list[dict[str, Any]] = []
+        start_epoch = 0
+        path = self._resolve_resume(resume, must_exist=resume != "auto") if resume else None
+        if path is not None:
+            ckpt = load_training_checkpoint(path)
+            self._check_classes(ckpt, path)
+            load_model_state(model, ckpt["model"], str(path))
+            try:
+                optimizer.load_state_dict(ckpt["optimizer"])
+            except (ValueError, KeyError) as e:
+                raise CheckpointError(f"checkpoint {path}: optimizer state does not fit: {e}") from e
+            if "scaler" in ckpt:
+                self.scaler.load_state_dict(ckpt["scaler"])
+            if ema is not None and ckpt.get("ema") is not None:
+                load_model_state(ema.module, ckpt["ema"], f"{path} (ema)")
+            history = list(ckpt["history"])
+            start_epoch = int(ckpt["epoch"]) + 1
+            logger.info("resumed from %s at epoch %d", path, start_epoch)
+        ddp = model
+        if info.world_size > 1:
+            ddp = nn.parallel.DistributedDataParallel(
+                model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
+
+        tb = None
+        if info.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            tb = SummaryWriter(str(self.out / "tb"))
+        peak = cfg.peak_lr(info.world_size)
+        iters = len(loader)
+        logger.info("training %d epochs from epoch %d: %d iterations/epoch, total batch %d, "
+                    "peak lr %.3g, warm-up %.1f epochs", cfg.epochs, start_epoch, iters,
+                    cfg.batch_size * info.world_size, peak, cfg.warmup_epochs)
+        t_start = time.time()
+        done_iters, total_iters = 0, (cfg.epochs - start_epoch) * iters
+        for epoch in range(start_epoch, cfg.epochs):
+            sampler.set_epoch(epoch)
+            ddp.train()
+            loss_sum, n_seen = 0.0, 0
+            epoch_lr = lr_at(epoch, peak, cfg)
+            t_epoch = time.time()
+            for it, (images, target) in enumerate(loader):
+                lr = lr_at(epoch + it / iters, peak, cfg)
+                for g in optimizer.param_groups:
+                    g["lr"] = lr
+                images, target = images.to(info.device, non_blocking=True), target.to(info.device)
+                if mixup is not None:
+                    images, target = mixup(images, target)
+                with self.amp_ctx():
+                    loss = criterion(ddp(images), target)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch} iteration {it}")
+                optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
+                if cfg.clip_grad > 0:
+                    self.scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                self.scaler.step(optimizer)
+                self.scaler.update()
+                if ema is not None:
+                    ema.update(model, step=epoch * iters + it)
+                loss_sum += loss.item() * len(images)
+                n_seen += len(images)
+                done_iters += 1
+                if (it + 1) % cfg.log_period == 0 or it + 1 == iters:
+                    elapsed = time.time() - t_start
+                    eta = elapsed / done_iters * (total_iters - done_iters)
+                    logger.info("epoch %d/%d  iter %d/%d  loss %.4f  lr %.3g  ETA %s", epoch + 1,
+                                cfg.epochs, it + 1, iters, loss.item(), lr, _format_eta(eta))
+                    if tb is not None:
+                        step = epoch * iters + it
+                        tb.add_scalar("train/loss", loss.item(), step)
+                        tb.add_scalar("train/lr", lr, step)
+            loss_total, seen_total = all_reduce_sum([loss_sum, n_seen], info)
+            record: dict[str, Any] = {"epoch": epoch, "lr": epoch_lr, "train_loss": loss_total / seen_total,
+                                      "epoch_time_s": time.time() - t_epoch}
+            record.update(self.evaluate_all(model, cfg.eval_protocols))
+            if ema is not None:
+                ema_metrics = self.evaluate_all(ema.module, ("center",))
+                record.update({k.replace("val_", "ema_val_"): v for k, v in ema_metrics.items()})
+            record["elapsed_s"] = time.time() - t_start
+            history.append(record)
+            logger.info("epoch %d/%d done: train loss %.4f, %s, %.1fs", epoch + 1, cfg.epochs,
+                        record["train_loss"], ", ".join(f"{k} {v:.2f}" for k, v in record.items()
+                                                         if k.endswith("top1") or k.endswith("top5")),
+                        record["epoch_time_s"])
+            if info.is_main:
+                self._save_epoch(epoch, model, optimizer, ema, history, tb)
+        metrics: dict[str, Any] = {"epochs": cfg.epochs, "history": history}
+        last = history[-1] if history else {}
+        if all(f"val_{p}_top1" in last for p in EVAL_PROTOCOLS):
+            metrics["final"] = {k: v for k, v in last.items() if k.startswith("val_")}
+        else:  # the last epoch was evaluated with one protocol only: add the other
+            metrics["final"] = self.evaluate_all(model, EVAL_PROTOCOLS)
+        metrics["train_time_s"] = time.time() - t_start
+        if tb is not None:
+            tb.close()
+        if info.is_main:
+            (self.out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+            logger.info("final: %s", json.dumps(metrics["final"]))
+        return metrics
+
+    def _save_epoch(self, epoch: int, model: nn.Module, optimizer, ema, history, tb) -> None:
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema": ema.module.state_dict() if ema is not None else None,
+            "epoch": epoch,
+            "classes": list(self.classes),
+            "history": history,
+            "config": dataclasses.asdict(self.cfg),
+        }
+        save_checkpoint(self.out / "checkpoint_last.pth", state)
+        if self.cfg.checkpoint_period and (epoch + 1) % self.cfg.checkpoint_period == 0:
+            save_checkpoint(self.out / f"checkpoint_{epoch + 1:04d}.pth", state)
+        rec = history[-1]
+        for k, v in rec.items():
+            if k.startswith(("val_", "ema_val_")) or k in ("train_loss", "lr"):
+                tb.add_scalar(f"epoch/{k}", v, epoch + 1)
+        tb.flush()
+        (self.out / "history.json").write_text(json.dumps(history, indent=1))
+        plot_history(history, self.out / "training_curve.png")
+
+
+def run(cfg: TrainConfig, resume: str | None = None, eval_only: bool = False) -> dict[str, Any]:
+    """Train (or with ``eval_only`` evaluate) under the current process group; returns metrics.
+
+    ``resume``: ``None`` (fresh start), ``"auto"`` (``output_dir/checkpoint_last.pth`` if it
+    exists) or a checkpoint path (must exist).
+    """
+    info = init_distributed()
+    try:
+        r = _Run(cfg, info)
+        return r.eval_only(resume) if eval_only else r.train(resume)
+    finally:
+        if info.world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
