@@ -44,6 +44,8 @@ def add_mvitv2_config(cfg: CN) -> CN:
     c.PRETRAIN_USE_CLS_TOKEN = True
     c.WINDOW_MODE = "hwin"
     c.POOL_MODE = "conv"
+    c.ATTN_IMPL = "auto"
+    c.WINDOW_PADDING = "detectron2"
     c.OUT_FEATURES = ("scale2", "scale3", "scale4", "scale5")
     cfg.MODEL.MVITV2 = c
     return cfg
