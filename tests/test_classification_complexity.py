@@ -72,10 +72,15 @@ def test_params_and_flops_match_table1(variant: str) -> None:
     assert gflops == pytest.approx(measured["gflops"], rel=2e-3)
 
 
-@pytest.mark.slow
+@pytest.mark.parametrize(
+    "device",
+    ["meta", pytest.param("cpu", marks=pytest.mark.slow)],  # meta: same modules, no storage
+)
 @pytest.mark.parametrize("variant", ["L", "H"])
-def test_params_match_table1_large(variant: str) -> None:
+def test_params_match_table1_large(variant: str, device: str) -> None:
     target = paper_numbers()["mvitv2_image_variants_table1"][variant]
-    model = mvit_backbone.create_model(f"mvitv2_{variant.lower()}", num_classes=1000)
+    with torch.device(device):
+        model = mvit_backbone.create_model(f"mvitv2_{variant.lower()}", num_classes=1000)
+    assert next(model.parameters()).device.type == device
     params_m = parameter_count(model)[""] / 1e6
     assert within_printed(params_m, target["params_m"]), f"{variant}: {params_m:.3f}M vs {target['params_m']}"
