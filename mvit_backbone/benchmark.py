@@ -122,10 +122,10 @@ def measure_peak_memory(
 ) -> float:
     """Peak memory (MiB) of one step, in this process (call it in a fresh one).
 
-    CPU: peak RSS (``ru_maxrss``) after the step minus RSS before it, after one warm-up step
-    so that allocator pools and one-off buffers of both models are accounted the same way. The
-    warm-up is only counted if its peak exceeds the measured step's (then it is the peak).
-    CUDA: ``torch.cuda.max_memory_allocated`` over the step minus the memory held before it.
+    CPU: peak RSS (``ru_maxrss``) after the first step minus the RSS before it (model and input
+    built); a warm-up step would hide the step's peak behind ``ru_maxrss``, which never falls.
+    CUDA: after one warm-up step, ``torch.cuda.max_memory_allocated`` over a step minus the
+    memory held before it.
     """
     torch.manual_seed(0)
     model = build_model(impl, variant).to(device)
@@ -192,6 +192,58 @@ def run_benchmark(
                     results.append(r)
         del ref, ours
         gc.collect()
+    return results
+
+
+def compile_speedup(
+    variant: str, height: int, width: int, batch: int = 1, repeats: int = 3, device: str = "cpu"
+) -> dict:
+    """Eager against ``torch.compile(fullgraph=True)`` forward of our backbone (eval, no_grad).
+
+    Returns the compile time (first call, seconds), the interleaved medians of both and the
+    speedup eager / compiled.
+    """
+    torch.manual_seed(0)
+    model = build_model("ours", variant).to(device).eval()
+    compiled = torch.compile(model, fullgraph=True)
+    x = torch.randn(batch, 3, height, width, device=device)
+    start = time.perf_counter()
+    run_step(compiled, x, "fwd")
+    compile_s = time.perf_counter() - start
+    eager_s, compiled_s = time_pair(model, compiled, x, "fwd", repeats=repeats)
+    return dict(variant=variant, height=height, width=width, batch=batch, compile_s=compile_s,
+                eager_s=eager_s, compiled_s=compiled_s, speedup=eager_s / compiled_s)
+
+
+def attention_kernels(
+    windows: int = 25, q_window: int = 56, kv_window: int = 14, dim: int = 96,
+    repeats: int = 5, device: str = "cpu",
+) -> dict[str, dict[str, float]]:
+    """Median seconds of one window batch through each ``attn_impl`` ("fwd" under no_grad and
+    "fwd+bwd"), by default a stage-1 Hwin batch of MViTv2-T at 1024²: 25 windows of 56² queries
+    and 14² keys, 96 channels, one head, with rel-pos."""
+    from .layers import MultiScaleAttention
+
+    torch.manual_seed(0)
+    attn = MultiScaleAttention(dim, dim, 1, stride_kv=q_window // kv_window, window_size=q_window,
+                               use_rel_pos=True, rel_pos_zero_init=False,
+                               input_size=(q_window, q_window)).to(device)
+    q = torch.randn(windows, 1, q_window**2, dim, device=device)
+    k, v = (torch.randn(windows, 1, kv_window**2, dim, device=device) for _ in range(2))
+    shapes = ((q_window, q_window), (kv_window, kv_window))
+    results: dict[str, dict[str, float]] = {}
+    for impl in ("explicit", "sdpa", "folded"):
+        times: dict[str, list[float]] = {"fwd": [], "fwd+bwd": []}
+        for _ in range(repeats + 1):
+            with torch.no_grad():
+                start = time.perf_counter()
+                attn.attend(q, k, v, *shapes, impl=impl)
+                times["fwd"].append(time.perf_counter() - start)
+            qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
+            start = time.perf_counter()
+            attn.attend(qg, kg, vg, *shapes, impl=impl).sum().backward()
+            times["fwd+bwd"].append(time.perf_counter() - start)
+        results[impl] = {mode: statistics.median(t[1:]) for mode, t in times.items()}
     return results
 
 

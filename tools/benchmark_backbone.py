@@ -13,7 +13,14 @@ from dataclasses import asdict
 
 import torch
 
-from mvit_backbone.benchmark import MODES, plot, run_benchmark, to_markdown
+from mvit_backbone.benchmark import (
+    MODES,
+    attention_kernels,
+    compile_speedup,
+    plot,
+    run_benchmark,
+    to_markdown,
+)
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -33,9 +40,21 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--out", default="benchmark_backbone", help="output prefix: .md, .png, .json")
+    p.add_argument("--compile", action="store_true",
+                   help="instead: eager vs torch.compile forward of ours at the first size/batch")
+    p.add_argument("--kernels", action="store_true",
+                   help="instead: one stage-1 window batch through each attention implementation")
     args = p.parse_args()
 
     torch.set_num_threads(args.threads)
+    if args.kernels:
+        print(json.dumps(attention_kernels(repeats=args.repeats, device=args.device), indent=1))
+        return
+    if args.compile:
+        (h, w), batch = args.sizes[0], args.batches[0]
+        for variant in args.variants:
+            print(json.dumps(compile_speedup(variant, h, w, batch, args.repeats, args.device)))
+        return
     results = run_benchmark(args.variants, args.sizes, args.batches, args.modes, args.repeats,
                             args.device, memory=not args.no_memory)
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)

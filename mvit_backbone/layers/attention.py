@@ -80,7 +80,8 @@ def attention_pool(
     """
     b = x.shape[0]
     groups, heads, c = x.shape[2:]
-    prefix, grid = x[:, :num_prefix], x[:, num_prefix:]
+    # slices only when needed: a slice's backward fills a zero gradient of the whole tensor
+    prefix, grid = x.split([num_prefix, x.shape[1] - num_prefix], dim=1) if num_prefix else (x, x)
     # (B, *shape, channels) is channels-last: the depthwise conv reads it without a transpose
     grid = grid.reshape(b, *shape, groups * heads * c).movedim(-1, 1)
     first = pools[0]
@@ -95,10 +96,7 @@ def attention_pool(
     out = grid.movedim(1, -1).reshape(b, -1, groups, heads, c)
     if num_prefix:
         out = torch.cat([prefix, out], dim=1)
-    pooled = []
-    for g, norm in enumerate(norms):
-        t = out[:, :, g]
-        pooled.append(norm(t) if norm is not None else t)
+    pooled = [t if norm is None else norm(t) for t, norm in zip(out.unbind(2), norms)]
     return pooled, new_shape
 
 
@@ -249,7 +247,7 @@ class MultiScaleAttention(nn.Module):
         p = self.num_prefix
         bw, heads, _, c = q.shape
         axes = _AXES[-len(q_shape):]
-        q_grid = q[:, :, p:].reshape(bw, heads, *q_shape, c)
+        q_grid = (q.split([p, q.shape[2] - p], dim=2)[1] if p else q).reshape(bw, heads, *q_shape, c)
         terms = []
         for a, r in enumerate(lookups):
             term = torch.einsum(f"bn{axes}c,{axes[a]}kc->bn{axes}k", q_grid, r.to(q.dtype))
@@ -390,16 +388,25 @@ class MultiScaleAttention(nn.Module):
             rows = window_runs(hq, wq, hk, wk, pad_keys)
             cols = window_runs(wdq, wq, wdk, wk, pad_keys)
         full = self._rel_lookups((wq, wq), (wk, wk))
+        # split (not slice) into runs: the backward of split is one cat, while every slice's
+        # backward would allocate and fill a zero gradient of the whole grid
+        q_rows = q_grid.split([nr * qh for _, qh, _, _, nr in rows], dim=1)
+        k_rows = k_grid.split([nr * kh for _, _, _, kh, nr in rows], dim=1)
+        v_rows = v_grid.split([nr * kh for _, _, _, kh, nr in rows], dim=1)
+        q_sizes = [nc * qw for _, qw, _, _, nc in cols]
+        k_sizes = [nc * kw for _, _, _, kw, nc in cols]
         out_rows = []
-        for qr, qh, kr, kh, nr in rows:
+        for (_, qh, _, kh, nr), q_row, k_row, v_row in zip(rows, q_rows, k_rows, v_rows):
             out_cols = []
-            for qc, qw, kc, kw, nc in cols:
-                qs = partition_run(q_grid[:, qr : qr + nr * qh, qc : qc + nc * qw], qh, qw)
-                ks = partition_run(k_grid[:, kr : kr + nr * kh, kc : kc + nc * kw], kh, kw)
-                vs = partition_run(v_grid[:, kr : kr + nr * kh, kc : kc + nc * kw], kh, kw)
+            for (_, qw, _, kw, nc), qs, ks, vs in zip(
+                cols, q_row.split(q_sizes, dim=2), k_row.split(k_sizes, dim=2),
+                v_row.split(k_sizes, dim=2),
+            ):
                 lookups = None if full is None else [full[0][:qh, :kh], full[1][:qw, :kw]]
                 out = self.attend(
-                    qs.transpose(1, 2), ks.transpose(1, 2), vs.transpose(1, 2),
+                    partition_run(qs, qh, qw).transpose(1, 2),
+                    partition_run(ks, kh, kw).transpose(1, 2),
+                    partition_run(vs, kh, kw).transpose(1, 2),
                     (qh, qw), (kh, kw), mask, impl, lookups,
                 )
                 out_cols.append(unpartition_run(out.transpose(1, 2), b, nr, nc, qh, qw))
@@ -422,9 +429,10 @@ class MultiScaleAttention(nn.Module):
             )
             k_shape = q_shape
         else:
-            (q,), q_shape = attention_pool(qkv[:, :, :1], shape, (self.pool_q,), (self.norm_q,), p)
+            q_in, kv_in = qkv.split([1, 2], dim=2)
+            (q,), q_shape = attention_pool(q_in, shape, (self.pool_q,), (self.norm_q,), p)
             (k, v), k_shape = attention_pool(
-                qkv[:, :, 1:], shape, (self.pool_k, self.pool_v), (self.norm_k, self.norm_v), p
+                kv_in, shape, (self.pool_k, self.pool_v), (self.norm_k, self.norm_v), p
             )
         # q, k, v: (B, p + L, heads, C)
         impl = _attn_impl_for(self.attn_impl, q, self.use_rel_pos)
