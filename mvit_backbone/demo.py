@@ -283,6 +283,18 @@ def load_backbone_weights(bottom_up: nn.Module, path: str | os.PathLike) -> dict
 # detection demo
 
 
+def freeze_parameters(module: nn.Module, prefixes: Sequence[str]) -> int:
+    """Stop training the parameters whose names start with one of ``prefixes`` (detectron2's
+    ``FREEZE_AT`` for a ResNet stem, here for the patch embedding and first blocks of a
+    pre-trained MViT: their backward pass is skipped too). Returns how many tensors froze."""
+    frozen = 0
+    for name, p in module.named_parameters():
+        if name.startswith(tuple(prefixes)):
+            p.requires_grad_(False)
+            frozen += 1
+    return frozen
+
+
 class BudgetMetricPrinter:
     """Prints training progress like detectron2's ``CommonMetricPrinter``, with the ETA and
     iteration count of a wall-clock budget (the total iteration count is an estimate)."""
@@ -390,7 +402,7 @@ def time_inference(model: nn.Module, dataset_dicts: Sequence[dict], mapper, n: i
 @torch.no_grad()
 def draw_predictions(model: nn.Module, dataset_dicts: Sequence[dict], mapper, metadata,
                      out_png: str | os.PathLike, num_images: int = 6,
-                     score_thresh: float = 0.5) -> Path:
+                     score_thresh: float = 0.3) -> Path:
     """Run the model on val images and save the drawn predictions (detectron2 ``Visualizer``)
     as one PNG grid, ground truth count and prediction count in each tile's corner."""
     from detectron2.utils.visualizer import ColorMode, Visualizer
@@ -405,7 +417,8 @@ def draw_predictions(model: nn.Module, dataset_dicts: Sequence[dict], mapper, me
                          instance_mode=ColorMode.IMAGE)
         drawn = vis.draw_instance_predictions(out).get_image()[:, :, ::-1]
         drawn = cv2.resize(np.ascontiguousarray(drawn), (400, 320), interpolation=cv2.INTER_AREA)
-        label = f"{Path(d['file_name']).name}: gt {len(d.get('annotations', []))}, pred {len(out)}"
+        label = (f"{Path(d['file_name']).name}: gt {len(d.get('annotations', []))}, "
+                 f"pred {len(out)} (score >= {score_thresh})")
         cv2.putText(drawn, label, (6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 2)
         cv2.putText(drawn, label, (6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
         tiles.append(drawn)
@@ -465,12 +478,17 @@ def run_demo(config: str | os.PathLike = DEFAULT_CONFIG, minutes: float = 13.0,
         logger.info("loaded %d pretrained backbone tensors from %s (not in the file: %s)",
                     weights["loaded"], cfg.train.init_checkpoint, weights["not_in_file"])
 
+    freeze = list(demo.get("freeze_backbone", [])) if weights is not None else []
+    if freeze:
+        logger.info("froze %d pretrained backbone tensors (%s)",
+                    freeze_parameters(model.backbone.bottom_up, freeze), ", ".join(freeze))
+
     val_dicts = DatasetCatalog.get(names["val"])
     test_mapper = instantiate(cfg.dataloader.test.mapper)
     train_seconds = 0.0
     if max_iter is None:  # train by the clock, keeping time for evaluation and drawing
         per_image = time_inference(model, val_dicts, test_mapper)
-        reserve = per_image * (len(val_dicts) + demo.vis_images) * 1.2 + 10.0
+        reserve = per_image * (len(val_dicts) + demo.vis_images) * 1.05 + 10.0
         train_seconds = budget - (time.perf_counter() - start) - reserve
         logger.info("inference %.2fs/image: reserving %.0fs for evaluation; %.0fs for training",
                     per_image, reserve, train_seconds)

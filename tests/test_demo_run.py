@@ -14,6 +14,7 @@ from mvit_backbone.demo import (
     DEFAULT_CONFIG,
     DEFAULT_WEIGHTS,
     PretrainConfig,
+    freeze_parameters,
     load_backbone_weights,
     pretrain_backbone,
     run_demo,
@@ -100,6 +101,18 @@ def test_shipped_weights_fit_the_demo_backbone():
     meta = torch.load(REPO / DEFAULT_WEIGHTS, weights_only=True)["meta"]
     assert meta["command"].startswith("python tools/demo_pretrain.py")
     assert (REPO / DEFAULT_WEIGHTS).stat().st_size < 20 * 2**20
+
+
+def test_freeze_parameters_skips_their_gradients():
+    backbone = _demo_backbone()
+    assert freeze_parameters(backbone, ["patch_embed.", "blocks.0."]) == len(
+        [k for k, _ in backbone.named_parameters() if k.startswith(("patch_embed.", "blocks.0."))]
+    )
+    out = backbone(torch.randn(1, 3, 64, 96))
+    sum(v.sum() for v in out.values()).backward()
+    for name, p in backbone.named_parameters():
+        frozen = name.startswith(("patch_embed.", "blocks.0."))
+        assert (p.grad is None) == frozen, name
 
 
 def test_bad_backbone_weights_are_named(tmp_path):

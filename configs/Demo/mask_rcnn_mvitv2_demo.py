@@ -45,6 +45,9 @@ demo = dict(
     dataset_prefix="shapes",
     num_classes=4,
     vis_images=6,
+    # with pre-trained weights, the patch embedding and first block stay frozen (detectron2's
+    # FREEZE_AT for ResNets): no backward at the highest resolution, ~20% faster iterations
+    freeze_backbone=["patch_embed.", "blocks.0."],
 )
 
 model = model_zoo.get_config("common/models/mask_rcnn_fpn.py").model
@@ -112,7 +115,7 @@ dataloader = dict(
 )
 
 optimizer = model_zoo.get_config("common/optim.py").AdamW
-optimizer.lr = 4e-4
+optimizer.lr = 6e-4
 optimizer.weight_decay = 0.05
 optimizer.params.overrides = {
     "rel_pos_h": {"weight_decay": 0.0},
