@@ -404,7 +404,7 @@ def draw_predictions(model: nn.Module, dataset_dicts: Sequence[dict], mapper, me
                      out_png: str | os.PathLike, num_images: int = 6,
                      score_thresh: float = 0.3) -> Path:
     """Run the model on val images and save the drawn predictions (detectron2 ``Visualizer``)
-    as one PNG grid, ground truth count and prediction count in each tile's corner."""
+    as one PNG grid, ground truth count and prediction count in each tile's lower corner."""
     from detectron2.utils.visualizer import ColorMode, Visualizer
 
     model.eval()
@@ -419,8 +419,9 @@ def draw_predictions(model: nn.Module, dataset_dicts: Sequence[dict], mapper, me
         drawn = cv2.resize(np.ascontiguousarray(drawn), (400, 320), interpolation=cv2.INTER_AREA)
         label = (f"{Path(d['file_name']).name}: gt {len(d.get('annotations', []))}, "
                  f"pred {len(out)} (score >= {score_thresh})")
-        cv2.putText(drawn, label, (6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 2)
-        cv2.putText(drawn, label, (6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
+        origin = (6, drawn.shape[0] - 8)  # bottom-left, clear of the instance labels
+        cv2.putText(drawn, label, origin, cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 2)
+        cv2.putText(drawn, label, origin, cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
         tiles.append(drawn)
     model.train()
     cols = min(3, len(tiles))

@@ -62,9 +62,9 @@ def test_tiny_demo_end_to_end(tmp_path):
 def test_demo_names_a_corrupt_dataset_file(tmp_path):
     root = tmp_path / "ds"
     write_coco_split(root, "train", 4, seed=0)
-    write_coco_split(root, "val", 3, seed=1)
-    (root / "val" / "000003.jpg").write_bytes(b"garbage")
-    with pytest.raises(DatasetError, match="000003.jpg"):
+    write_coco_split(root, "val", 2, seed=1)  # the splits tiny_overrides asks for
+    (root / "val" / "000002.jpg").write_bytes(b"garbage")
+    with pytest.raises(DatasetError, match="000002.jpg"):
         run_demo(CONFIG, minutes=10, output_dir=tmp_path / "out",
                  overrides=tiny_overrides(root), max_iter=1)
     (root / "val.json").write_text("{ broken")
