@@ -15,7 +15,6 @@ from __future__ import annotations
 import gc
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -117,13 +116,24 @@ def _rss_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def _peak_rss_mib() -> float:
+    """High-water mark of this process's RSS (``VmHWM`` of /proc/self/status), MiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("VmHWM not found in /proc/self/status")
+
+
 def measure_peak_memory(
     impl: str, variant: str, height: int, width: int, batch: int, mode: str, device: str = "cpu"
 ) -> float:
     """Peak memory (MiB) of one step, in this process (call it in a fresh one).
 
-    CPU: peak RSS (``ru_maxrss``) after the first step minus the RSS before it (model and input
-    built); a warm-up step would hide the step's peak behind ``ru_maxrss``, which never falls.
+    CPU: the process's peak RSS (``VmHWM``) after the first step minus the RSS before it (model
+    and input built); a warm-up step would hide the step's peak behind the high-water mark,
+    which never falls. (``ru_maxrss`` is not used: after fork + exec it starts from the parent's
+    RSS, so in a subprocess of a large benchmark it reports the parent's size.)
     CUDA: after one warm-up step, ``torch.cuda.max_memory_allocated`` over a step minus the
     memory held before it.
     """
@@ -141,7 +151,7 @@ def measure_peak_memory(
     gc.collect()
     base = _rss_mib()
     run_step(model, x, mode)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+    return _peak_rss_mib() - base
 
 
 def peak_memory_subprocess(
@@ -169,9 +179,11 @@ def run_benchmark(
     repeats: int = 3,
     device: str = "cpu",
     memory: bool = True,
+    timing: bool = True,
     log=print,
 ) -> list[BenchResult]:
-    """Every (variant, size, batch, mode): interleaved medians and, optionally, peak memory."""
+    """Every (variant, size, batch, mode): interleaved medians (unless ``timing=False``, then
+    NaN) and, optionally, peak memory."""
     results = []
     for variant in variants:
         ref, ours = build_pair(variant)
@@ -181,7 +193,8 @@ def run_benchmark(
             for batch in batches:
                 x = torch.randn(batch, 3, h, w, device=device)
                 for mode in modes:
-                    t_ref, t_ours = time_pair(ref, ours, x, mode, repeats=repeats)
+                    t_ref, t_ours = (time_pair(ref, ours, x, mode, repeats=repeats) if timing
+                                     else (float("nan"), float("nan")))
                     r = BenchResult(variant, h, w, batch, mode, t_ref, t_ours, t_ours / t_ref)
                     if memory:
                         threads = torch.get_num_threads()
@@ -193,6 +206,23 @@ def run_benchmark(
         del ref, ours
         gc.collect()
     return results
+
+
+def saved_activation_mib(model: nn.Module, x: torch.Tensor) -> float:
+    """MiB of the tensors autograd saves for backward in one training forward (distinct storages
+    counted once): the activation memory of training, free of allocator and RSS effects."""
+    seen: dict[tuple[int, int], int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        seen[(storage.data_ptr(), storage.nbytes())] = storage.nbytes()
+        return t
+
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x)
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    return sum(n for (ptr, _), n in seen.items() if ptr not in params) / 2**20
 
 
 def compile_speedup(

@@ -23,7 +23,8 @@ def _classifier(**kw):
                         last_block_indexes=(0, 1, 2, 3), **kw).eval()
 
 
-@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("train", [False, pytest.param(True, marks=pytest.mark.slow)],
+                         ids=["eval", "train"])
 def test_trunk_has_no_graph_breaks(train):
     model = _backbone(window_mode="swin").train(train)
     explain = torch._dynamo.explain(model)(torch.randn(1, 3, 160, 192))
@@ -44,7 +45,7 @@ def test_torch_export_backbone_and_classifier():
             torch.testing.assert_close(got[name], want[name], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["backbone", "classifier"])
+@pytest.mark.parametrize("kind", ["backbone", pytest.param("classifier", marks=pytest.mark.slow)])
 def test_onnx_matches_pytorch(kind, tmp_path):
     model, x = ((_backbone(), torch.randn(1, 3, 160, 192)) if kind == "backbone"
                 else (_classifier(), torch.randn(1, 3, 224, 224)))

@@ -16,9 +16,11 @@ import torch
 from mvit_backbone.benchmark import (
     MODES,
     attention_kernels,
+    build_pair,
     compile_speedup,
     plot,
     run_benchmark,
+    saved_activation_mib,
     to_markdown,
 )
 
@@ -39,14 +41,28 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--memory-only", action="store_true", help="skip the timings")
     p.add_argument("--out", default="benchmark_backbone", help="output prefix: .md, .png, .json")
     p.add_argument("--compile", action="store_true",
                    help="instead: eager vs torch.compile forward of ours at the first size/batch")
     p.add_argument("--kernels", action="store_true",
                    help="instead: one stage-1 window batch through each attention implementation")
+    p.add_argument("--saved", action="store_true",
+                   help="instead: MiB saved for backward by both models, per variant/size/batch")
     args = p.parse_args()
 
     torch.set_num_threads(args.threads)
+    if args.saved:
+        for variant in args.variants:
+            ref, ours = build_pair(variant)
+            for (h, w) in args.sizes:
+                for batch in args.batches:
+                    x = torch.randn(batch, 3, h, w)
+                    d2_mib, ours_mib = saved_activation_mib(ref, x), saved_activation_mib(ours, x)
+                    print(json.dumps(dict(variant=variant, height=h, width=w, batch=batch,
+                                          d2_mib=d2_mib, ours_mib=ours_mib,
+                                          ratio=ours_mib / d2_mib)))
+        return
     if args.kernels:
         print(json.dumps(attention_kernels(repeats=args.repeats, device=args.device), indent=1))
         return
@@ -56,7 +72,8 @@ def main() -> None:
             print(json.dumps(compile_speedup(variant, h, w, batch, args.repeats, args.device)))
         return
     results = run_benchmark(args.variants, args.sizes, args.batches, args.modes, args.repeats,
-                            args.device, memory=not args.no_memory)
+                            args.device, memory=not args.no_memory,
+                            timing=not args.memory_only)
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out + ".md", "w") as f:
         f.write(to_markdown(results, args.device))
