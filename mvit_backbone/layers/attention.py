@@ -16,8 +16,6 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-import math
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
