@@ -348,8 +348,7 @@ def train_for_budget(cfg, model: nn.Module, seconds: float, max_iter: int | None
     model.train()
     it = 0
     with EventStorage(0) as storage:
-        while it < estimate:
-            storage.iter = it
+        while it < estimate:  # storage.iter == it (storage.step() below advances both)
             factor = scheduler(min(it / estimate, 1.0))
             for group, base in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = base * factor
