@@ -1,4 +1,4 @@
-"""Synthetic datasets: COCO-format shapes for detection and the demo."""
+"""Synthetic datasets: COCO-format shapes (detection demo) and an ImageFolder tree (classification)."""
 from .coco_synthetic import (
     SHAPE_CLASSES,
     DatasetError,
@@ -8,3 +8,4 @@ from .coco_synthetic import (
     validate_coco_split,
     write_coco_split,
 )
+from .image_folder import render_example, write_synthetic_image_folder
