@@ -9,13 +9,12 @@ is the number of processes per machine). ``--register-coco NAME JSON IMAGE_DIR``
 COCO-format dataset, to be named in ``dataloader.train.dataset.names=NAME`` etc.
 """
 from detectron2.config import LazyConfig
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_setup
 
-from mvit_backbone.engine import do_eval_only, do_train, register_coco_datasets
+from mvit_backbone.engine import argument_parser, do_eval_only, do_train, launch_main
 
 
 def main(args):
-    register_coco_datasets(args.register_coco)
     cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
     default_setup(cfg, args)
     if args.eval_only:
@@ -25,9 +24,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    parser = default_argument_parser()
-    parser.add_argument("--register-coco", nargs=3, action="append", default=[],
-                        metavar=("NAME", "JSON", "IMAGE_DIR"))
-    args = parser.parse_args()
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    launch_main(main, argument_parser().parse_args())
