@@ -1,10 +1,9 @@
 """Cascade R-CNN, MViTv2-B backbone, IN-21K init, 3x schedule (36 epochs), multi-scale training 480-800."""
-from mvit_backbone import mvitv2_variant
-
+from ..common.mvitv2_backbone import mvitv2_backbone_args
 from ..common.coco_loader import dataloader
 from ..common.models.cascade_rcnn_mvitv2 import model
 from ..common.train_3x import lr_multiplier, optimizer, train
 
-model.backbone.bottom_up.update(mvitv2_variant("B"), drop_path_rate=0.4)
+model.backbone.bottom_up.update(mvitv2_backbone_args("B"))
 dataloader.train.mapper.use_instance_mask = False
 train.init_checkpoint = "MViTv2_B_in21k.pyth"

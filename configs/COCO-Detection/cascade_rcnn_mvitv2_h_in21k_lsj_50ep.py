@@ -1,12 +1,10 @@
 """Cascade R-CNN, MViTv2-H backbone, IN-21K init, large-scale jitter 1024x1024, 50 epochs."""
-from mvit_backbone import mvitv2_variant
-
+from ..common.mvitv2_backbone import mvitv2_backbone_args
 from ..common.coco_loader_lsj import dataloader
 from ..common.models.cascade_rcnn_mvitv2 import model
 from ..common.train_lsj_50ep import lr_multiplier, optimizer, train
 
-model.backbone.bottom_up.update(mvitv2_variant("H"), drop_path_rate=0.6)
-model.backbone.bottom_up.use_act_checkpoint = True
+model.backbone.bottom_up.update(mvitv2_backbone_args("H"))
 dataloader.train.mapper.use_instance_mask = False
 dataloader.train.mapper.recompute_boxes = False  # needs masks
 train.init_checkpoint = "MViTv2_H_in21k.pyth"

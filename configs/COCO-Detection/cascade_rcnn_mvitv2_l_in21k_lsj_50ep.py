@@ -1,14 +1,10 @@
 """Cascade R-CNN, MViTv2-L backbone, IN-21K init, large-scale jitter 1024x1024, 50 epochs."""
-from mvit_backbone import mvitv2_variant
-
+from ..common.mvitv2_backbone import mvitv2_backbone_args
 from ..common.coco_loader_lsj import dataloader
 from ..common.models.cascade_rcnn_mvitv2 import model
 from ..common.train_lsj_50ep import lr_multiplier, optimizer, train
 
-model.backbone.bottom_up.update(mvitv2_variant("L"), drop_path_rate=0.5)
-model.backbone.bottom_up.use_act_checkpoint = True
-# as the official MViTv2-L checkpoints: channels grow in the MLP of a stage's last block
-model.backbone.bottom_up.expand_in_attention = False
+model.backbone.bottom_up.update(mvitv2_backbone_args("L"))
 dataloader.train.mapper.use_instance_mask = False
 dataloader.train.mapper.recompute_boxes = False  # needs masks
 train.init_checkpoint = "MViTv2_L_in21k.pyth"

@@ -1,10 +1,9 @@
 """Cascade R-CNN, MViTv2-T backbone, IN-1K init, 3x schedule (36 epochs), multi-scale training 480-800."""
-from mvit_backbone import mvitv2_variant
-
+from ..common.mvitv2_backbone import mvitv2_backbone_args
 from ..common.coco_loader import dataloader
 from ..common.models.cascade_rcnn_mvitv2 import model
 from ..common.train_3x import lr_multiplier, optimizer, train
 
-model.backbone.bottom_up.update(mvitv2_variant("T"), drop_path_rate=0.1)
+model.backbone.bottom_up.update(mvitv2_backbone_args("T"))
 dataloader.train.mapper.use_instance_mask = False
 train.init_checkpoint = "MViTv2_T_in1k.pyth"

@@ -1,11 +1,10 @@
 """Cascade Mask R-CNN, MViTv2-T backbone, IN-1K init, 3x schedule (36 epochs), multi-scale training 480-800.
 
 Paper (Table 5): 52.2 AP box, 45.0 AP mask."""
-from mvit_backbone import mvitv2_variant
-
+from ..common.mvitv2_backbone import mvitv2_backbone_args
 from ..common.coco_loader import dataloader
 from ..common.models.cascade_mask_rcnn_mvitv2 import model
 from ..common.train_3x import lr_multiplier, optimizer, train
 
-model.backbone.bottom_up.update(mvitv2_variant("T"), drop_path_rate=0.1)
+model.backbone.bottom_up.update(mvitv2_backbone_args("T"))
 train.init_checkpoint = "MViTv2_T_in1k.pyth"
