@@ -111,12 +111,13 @@ def time_pair(
     return statistics.median(t_ref), statistics.median(t_ours)
 
 
-def _rss_mib() -> float:
+def rss_mib() -> float:
+    """Current resident set size of this process (/proc/self/statm), MiB."""
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _peak_rss_mib() -> float:
+def _peakrss_mib() -> float:
     """High-water mark of this process's RSS (``VmHWM`` of /proc/self/status), MiB."""
     with open("/proc/self/status") as f:
         for line in f:
@@ -149,9 +150,9 @@ def measure_peak_memory(
         run_step(model, x, mode)
         return (torch.cuda.max_memory_allocated() - base) / 2**20
     gc.collect()
-    base = _rss_mib()
+    base = rss_mib()
     run_step(model, x, mode)
-    return _peak_rss_mib() - base
+    return _peakrss_mib() - base
 
 
 def peak_memory_subprocess(

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .benchmark import rss_mib
+
 
 @dataclass
 class ExportReport:
@@ -33,23 +35,18 @@ class ExportReport:
     file_mib: float
 
 
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 class _PeakRSS:
     """Samples the process RSS every ``interval`` seconds in a thread; ``peak`` is the maximum."""
 
     def __init__(self, interval: float = 0.01):
         self.interval = interval
-        self.peak = _rss_mib()
+        self.peak = rss_mib()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, _rss_mib())
+            self.peak = max(self.peak, rss_mib())
             time.sleep(self.interval)
 
     def __enter__(self) -> "_PeakRSS":
@@ -59,7 +56,7 @@ class _PeakRSS:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, _rss_mib())
+        self.peak = max(self.peak, rss_mib())
 
 
 def export_onnx(
@@ -71,7 +68,7 @@ def export_onnx(
     ``out_features`` order.
     """
     model = model.eval()
-    start_rss = _rss_mib()
+    start_rss = rss_mib()
     start = time.perf_counter()
     with _PeakRSS() as peak, torch.no_grad():
         program = torch.onnx.export(

@@ -20,16 +20,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .rel_pos import rel_pos_lookup
+from .rel_pos import EINSUM_AXES, rel_pos_lookup
 from .windows import partition_run, shifted_window_mask, unpartition_run, window_runs
 
 POOL_MODES = ("conv", "max", "avg")
 ATTN_IMPLS = ("auto", "sdpa", "folded", "explicit")
 WINDOW_PADDINGS = ("detectron2", "minimal")
-_AXES = "thw"  # einsum letters for up to three spatial axes
 
 
-def _as_tuple(v, ndim: int) -> tuple[int, ...]:
+def as_tuple(v: int | Sequence[int], ndim: int) -> tuple[int, ...]:
+    """A per-axis tuple from an int or a sequence (strides, kernels)."""
     return tuple(v) if isinstance(v, (tuple, list)) else (v,) * ndim
 
 
@@ -182,8 +182,8 @@ class MultiScaleAttention(nn.Module):
         self.num_heads = num_heads
         head_dim = dim_out // num_heads
         self.scale = head_dim**-0.5
-        self.stride_q = _as_tuple(stride_q, ndim)
-        self.stride_kv = _as_tuple(stride_kv, ndim)
+        self.stride_q = as_tuple(stride_q, ndim)
+        self.stride_kv = as_tuple(stride_kv, ndim)
         self.residual_pooling = residual_pooling
         self.num_prefix = num_prefix
 
@@ -244,7 +244,7 @@ class MultiScaleAttention(nn.Module):
         """
         p = self.num_prefix
         bw, heads, _, c = q.shape
-        axes = _AXES[-len(q_shape):]
+        axes = EINSUM_AXES[-len(q_shape):]
         q_grid = (q.split([p, q.shape[2] - p], dim=2)[1] if p else q).reshape(bw, heads, *q_shape, c)
         terms = []
         for a, r in enumerate(lookups):

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 from timm.layers import DropPath, Mlp
 
-from .attention import MultiScaleAttention
+from .attention import MultiScaleAttention, as_tuple
 
 
 class MultiScaleBlock(nn.Module):
@@ -80,7 +80,7 @@ class MultiScaleBlock(nn.Module):
         if dim != dim_out:
             self.proj = nn.Linear(attn_dim if not expand_in_attention else dim, dim_out)
 
-        stride_q = tuple(stride_q) if isinstance(stride_q, (tuple, list)) else (stride_q,) * ndim
+        stride_q = as_tuple(stride_q, ndim)
         self.pool_skip = None
         if any(s > 1 for s in stride_q):
             kernel = [s + 1 if s > 1 else s for s in stride_q]

@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-_AXES = "thw"  # einsum letters for up to three spatial axes
+EINSUM_AXES = "thw"  # einsum letters for up to three spatial axes
 
 
 def resize_rel_pos(rel_pos: torch.Tensor, length: int) -> torch.Tensor:
@@ -55,7 +55,7 @@ def rel_pos_terms(
         One tensor per axis a, of shape (B, *q_shape, k_shape[a]).
     """
     ndim = len(q_shape)
-    axes = _AXES[-ndim:]
+    axes = EINSUM_AXES[-ndim:]
     q_grid = q.reshape(q.shape[0], *q_shape, q.shape[-1])
     terms = []
     for a, table in enumerate(rel_pos):
