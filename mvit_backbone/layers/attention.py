@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .linear import Linear
 from .rel_pos import EINSUM_AXES, rel_pos_lookup
 from .windows import partition_run, shifted_window_mask, unpartition_run, window_runs
 
@@ -187,8 +188,8 @@ class MultiScaleAttention(nn.Module):
         self.residual_pooling = residual_pooling
         self.num_prefix = num_prefix
 
-        self.qkv = nn.Linear(dim, dim_out * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim_out, dim_out)
+        self.qkv = Linear(dim, dim_out * 3, bias=qkv_bias)
+        self.proj = Linear(dim_out, dim_out)
 
         # The official layout: pool_q/norm_q, pool_k/norm_k, pool_v/norm_v directly on the module.
         self.pool_q, self.norm_q = make_pool(head_dim, pool_kernel, self.stride_q, pool_mode, norm_layer)

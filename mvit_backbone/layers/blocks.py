@@ -5,9 +5,10 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
-from timm.layers import DropPath, Mlp
+from timm.layers import DropPath
 
 from .attention import MultiScaleAttention, as_tuple
+from .linear import Linear, Mlp
 
 
 class MultiScaleBlock(nn.Module):
@@ -78,7 +79,7 @@ class MultiScaleBlock(nn.Module):
         mlp_hidden = int(attn_dim * mlp_ratio)
         self.mlp = Mlp(attn_dim, mlp_hidden, dim_out, act_layer=act_layer)
         if dim != dim_out:
-            self.proj = nn.Linear(attn_dim if not expand_in_attention else dim, dim_out)
+            self.proj = Linear(attn_dim if not expand_in_attention else dim, dim_out)
 
         stride_q = as_tuple(stride_q, ndim)
         self.pool_skip = None
