@@ -27,6 +27,8 @@ from .windows import partition_run, shifted_window_mask, unpartition_run, window
 POOL_MODES = ("conv", "max", "avg")
 ATTN_IMPLS = ("auto", "sdpa", "folded", "explicit")
 WINDOW_PADDINGS = ("detectron2", "minimal")
+# largest rel-pos bias built at once by the "sdpa" path (fp32 elements: 16 MiB)
+BIAS_CHUNK_ELEMENTS = 1 << 22
 
 
 def as_tuple(v: int | Sequence[int], ndim: int) -> tuple[int, ...]:
@@ -333,12 +335,23 @@ class MultiScaleAttention(nn.Module):
             return out[..., : v.shape[-1]]
         if impl not in ("sdpa", "folded"):
             raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {impl!r}")
-        attn_mask = mask
-        if lookups is not None:
-            attn_mask = self._rel_bias(self._rel_terms(q, q_shape, lookups), k_shape).to(q.dtype)
+        if lookups is None:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+        terms = self._rel_terms(q, q_shape, lookups)
+        # The bias is materialised one chunk of queries at a time: a whole-map bias is 10-130
+        # MiB at detection sizes, and writing fresh memory of that size costs more than the
+        # attention reads from it.
+        rows = max(1, BIAS_CHUNK_ELEMENTS // (q.shape[0] * q.shape[1] * k.shape[2]))
+        outs = []
+        for start in range(0, q.shape[2], rows):
+            part = slice(start, start + rows)
+            bias = self._rel_bias([t[:, :, part] for t in terms], k_shape).to(q.dtype)
             if mask is not None:
-                attn_mask = attn_mask.masked_fill(~mask, float("-inf"))
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=self.scale)
+                bias = bias.masked_fill(~mask[..., part, :], float("-inf"))
+            outs.append(F.scaled_dot_product_attention(
+                q[:, :, part], k, v, attn_mask=bias, scale=self.scale
+            ))
+        return torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
 
     def _windowed(
         self,
