@@ -19,8 +19,9 @@ from typing import Callable, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
-from .linear import Linear
+from .linear import Linear, norm_linear
 from .rel_pos import EINSUM_AXES, rel_pos_lookup
 from .windows import partition_run, shifted_window_mask, unpartition_run, window_runs
 
@@ -90,15 +91,37 @@ def attention_pool(
         ones = (1,) * (first.weight.dim() - 1)
         weight = torch.cat([p.weight.repeat(heads, *ones) for p in pools])
         conv = F.conv2d if grid.dim() == 4 else F.conv3d
-        grid = conv(grid, weight, None, first.stride, first.padding, groups=grid.shape[1])
+
+        def pool(t: torch.Tensor) -> torch.Tensor:
+            return conv(t, weight, None, first.stride, first.padding, groups=t.shape[1])
     else:
-        grid = first(grid)
-    new_shape = tuple(grid.shape[2:])
-    out = grid.movedim(1, -1).reshape(b, -1, groups, heads, c)
-    if num_prefix:
-        out = torch.cat([prefix, out], dim=1)
-    pooled = [t if norm is None else norm(t) for t, norm in zip(out.unbind(2), norms)]
-    return pooled, new_shape
+        pool = first
+    new_shape = tuple((s + 2 * p - k) // st + 1 for s, p, k, st in zip(
+        shape, as_tuple(first.padding, len(shape)), as_tuple(first.kernel_size, len(shape)),
+        as_tuple(first.stride, len(shape)),
+    ))
+
+    def pool_and_norm(grid: torch.Tensor) -> list[torch.Tensor]:
+        out = pool(grid).movedim(1, -1).reshape(b, -1, groups, heads, c)
+        if num_prefix:
+            out = torch.cat([prefix, out], dim=1)
+        return [t if norm is None else norm(t) for t, norm in zip(out.unbind(2), norms)]
+
+    if _recompute_in_backward() and any(norm is not None for norm in norms):
+        # The pooled tensors before their norms are needed only by the norms' backward:
+        # recompute them there (a depthwise conv) instead of storing them.
+        return checkpoint(pool_and_norm, grid, use_reentrant=False), new_shape
+    return pool_and_norm(grid), new_shape
+
+
+def _recompute_in_backward() -> bool:
+    """Training in eager mode (tracing, export and compilation see the plain graph)."""
+    return (
+        torch.is_grad_enabled()
+        and not torch.jit.is_tracing()
+        and not torch.compiler.is_compiling()
+        and not torch.onnx.is_in_onnx_export()
+    )
 
 
 def _attn_impl_for(impl: str, q: torch.Tensor, use_rel_pos: bool) -> str:
@@ -115,6 +138,48 @@ def _attn_impl_for(impl: str, q: torch.Tensor, use_rel_pos: bool) -> str:
     if use_rel_pos and q.device.type == "cpu" and torch.is_grad_enabled() and q.requires_grad:
         return "folded"
     return "sdpa"
+
+
+class _FoldedFlashAttention(torch.autograd.Function):
+    """Folded rel-pos attention on the CPU flash kernel that stores q, k, v, the lookups, the
+    unpadded output and the log-sum-exp for backward, and rebuilds the folded operands there.
+
+    Autograd through ``fold`` + SDPA would store the folded q (head size C + k_h + k_w), the
+    padded output and the einsum's q besides; this keeps about half of that. Backward is
+    exact: the padded output columns are zeros (the padded v columns are).
+    Inputs: fold, q, k, v (Bw, heads, L, C), mask (bool or None), q_shape, k_shape, *lookups.
+    """
+
+    @staticmethod
+    def forward(ctx, fold, q, k, v, mask, q_shape, k_shape, *lookups):
+        q_ext, k_ext, v_ext = fold(q, k, v, q_shape, k_shape, lookups)
+        bias = None if mask is None else torch.zeros(mask.shape, dtype=q.dtype).masked_fill_(
+            ~mask, float("-inf"))
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q_ext, k_ext, v_ext, 0.0, False, attn_mask=bias, scale=1.0
+        )
+        del q_ext, k_ext, v_ext
+        out = out[..., : v.shape[-1]].contiguous()
+        ctx.fold, ctx.shapes = fold, (q_shape, k_shape)
+        ctx.save_for_backward(q, k, v, bias, out, lse, *lookups)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, bias, out, lse, *lookups = ctx.saved_tensors
+        inputs = [t.detach().requires_grad_(need) for t, need in
+                  zip([q, k, v, *lookups], ctx.needs_input_grad[1:4] + ctx.needs_input_grad[7:])]
+        with torch.enable_grad():
+            folded = ctx.fold(*inputs[:3], *ctx.shapes, inputs[3:])
+        extra = folded[0].shape[-1] - v.shape[-1]
+        grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            F.pad(grad, (0, extra)), *(t.detach() for t in folded), F.pad(out, (0, extra)), lse,
+            0.0, False, attn_mask=bias, scale=1.0,
+        )
+        wanted = [t for t in inputs if t.requires_grad]
+        found = iter(torch.autograd.grad(folded, wanted, grads, allow_unused=True))
+        result = [next(found) if t.requires_grad else None for t in inputs]
+        return (None, *result[:3], None, None, None, *result[3:])
 
 
 class MultiScaleAttention(nn.Module):
@@ -281,6 +346,25 @@ class MultiScaleAttention(nn.Module):
             codes.append(F.pad(code, (0, 0, self.num_prefix, 0)) if self.num_prefix else code)
         return codes
 
+    def _fold(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        q_shape: Sequence[int],
+        k_shape: Sequence[int],
+        lookups: Sequence[torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The folded operands: ``[q·scale, q·R_h, q·R_w]``, ``[k, e_h, e_w]`` and v zero-padded
+        to the same head size (the CPU flash kernel wants one head size for q, k and v), so
+        that plain attention on them equals attention with the decomposed rel-pos bias."""
+        terms = self._rel_terms(q, q_shape, lookups)
+        codes = self._key_codes(k, k_shape)
+        lead = k.shape[:2]
+        q_ext = torch.cat([q * self.scale, *terms], dim=-1)
+        k_ext = torch.cat([k, *(c.expand(*lead, *c.shape) for c in codes)], dim=-1)
+        return q_ext, k_ext, F.pad(v, (0, q_ext.shape[-1] - v.shape[-1]))
+
     def attend(
         self,
         q: torch.Tensor,
@@ -322,16 +406,10 @@ class MultiScaleAttention(nn.Module):
             out = attn @ v
             return (out, attn) if return_attn else out
         if impl == "folded" and lookups is not None:
-            terms = self._rel_terms(q, q_shape, lookups)
-            codes = self._key_codes(k, k_shape)
-            lead = k.shape[:2]
-            q_ext = torch.cat([q * self.scale, *terms], dim=-1)
-            k_ext = torch.cat([k, *(c.expand(*lead, *c.shape) for c in codes)], dim=-1)
-            # the CPU flash kernel wants one head size for q, k and v: pad v with zeros
-            extra = q_ext.shape[-1] - v.shape[-1]
-            out = F.scaled_dot_product_attention(
-                q_ext, k_ext, F.pad(v, (0, extra)), attn_mask=mask, scale=1.0
-            )
+            if q.device.type == "cpu" and _recompute_in_backward():
+                return _FoldedFlashAttention.apply(self._fold, q, k, v, mask, q_shape, k_shape, *lookups)
+            q_ext, k_ext, v_ext = self._fold(q, k, v, q_shape, k_shape, lookups)
+            out = F.scaled_dot_product_attention(q_ext, k_ext, v_ext, attn_mask=mask, scale=1.0)
             return out[..., : v.shape[-1]]
         if impl not in ("sdpa", "folded"):
             raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {impl!r}")
@@ -429,19 +507,31 @@ class MultiScaleAttention(nn.Module):
         return out.reshape(b, -1, heads, c)
 
     def forward(
-        self, x: torch.Tensor, shape: Sequence[int]
+        self, x: torch.Tensor, shape: Sequence[int], norm: nn.Module | None = None
     ) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """x: (B, p + prod(shape), dim); ``norm`` (the block's norm1) is applied to x first,
+        fused with the qkv projection so that its output is not kept for backward."""
         b, n, _ = x.shape
         p = self.num_prefix
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, -1)
+        w, bias = self.qkv.weight, self.qkv.bias
         if self.stride_q == self.stride_kv:
+            qkv = norm_linear(x, norm, [(w, bias)])[0].reshape(b, n, 3, self.num_heads, -1)
             (q, k, v), q_shape = attention_pool(
                 qkv, shape, (self.pool_q, self.pool_k, self.pool_v),
                 (self.norm_q, self.norm_k, self.norm_v), p,
             )
             k_shape = q_shape
         else:
-            q_in, kv_in = qkv.split([1, 2], dim=2)
+            # Q and K/V are pooled with different strides, by two convs: project them by two
+            # matmuls (row blocks of the qkv weight) so that each conv reads a dense tensor
+            # instead of a strided slice it would first copy.
+            d = w.shape[0] // 3
+            q_in, kv_in = norm_linear(x, norm, [
+                (w[:d], None if bias is None else bias[:d]),
+                (w[d:], None if bias is None else bias[d:]),
+            ])
+            q_in = q_in.reshape(b, n, 1, self.num_heads, -1)
+            kv_in = kv_in.reshape(b, n, 2, self.num_heads, -1)
             (q,), q_shape = attention_pool(q_in, shape, (self.pool_q,), (self.norm_q,), p)
             (k, v), k_shape = attention_pool(
                 kv_in, shape, (self.pool_k, self.pool_v), (self.norm_k, self.norm_v), p

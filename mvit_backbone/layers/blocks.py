@@ -8,7 +8,7 @@ import torch.nn as nn
 from timm.layers import DropPath
 
 from .attention import MultiScaleAttention, as_tuple
-from .linear import Linear, Mlp
+from .linear import Linear, Mlp, norm_linear
 
 # tokens per chunk of the inference MLP: 2048 x 4 x 96 fp32 hidden activations = 3 MiB
 INFERENCE_TOKEN_CHUNK = 2048
@@ -107,10 +107,11 @@ class MultiScaleBlock(nn.Module):
     def forward(
         self, x: torch.Tensor, shape: Sequence[int]
     ) -> tuple[torch.Tensor, tuple[int, ...]]:
-        x_norm = self.norm1(x)
-        x_attn, out_shape = self.attn(x_norm, shape)
+        # norm1 and norm2 are applied inside the projections that consume them (fused there,
+        # so their outputs are not stored for backward)
+        x_attn, out_shape = self.attn(x, shape, norm=self.norm1)
         if self.expand_in_attention and hasattr(self, "proj"):
-            x = self.proj(x_norm)
+            x = norm_linear(x, self.norm1, [(self.proj.weight, self.proj.bias)])[0]
         fast = self._inference_fast_path()
         skip = self._pool_skip(x, shape)
         # x_attn is a fresh tensor (the attention's projection), so adding into it is safe
@@ -123,6 +124,6 @@ class MultiScaleBlock(nn.Module):
             # token-sized temporaries are allocated (each fresh allocation of a large tensor
             # costs page faults, which at detection sizes take as long as the GELU).
             for chunk in x.view(-1, x.shape[-1]).split(INFERENCE_TOKEN_CHUNK):
-                chunk += self.mlp(self.norm2(chunk))
+                chunk += self.mlp(chunk, norm=self.norm2)
             return x, out_shape
-        return x + self.drop_path(self.mlp(self.norm2(x))), out_shape
+        return x + self.drop_path(self.mlp(x, norm=self.norm2)), out_shape

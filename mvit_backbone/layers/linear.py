@@ -19,7 +19,7 @@ it stores 5 instead of 9 token-width tensors per block.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -55,62 +55,134 @@ def _matmul(x2d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
 
 
 def _input_grad(grad2d: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """grad (M, N) @ W (N, K): a oneDNN linear with Wᵀ as its weight (a small copy)."""
-    return _matmul(grad2d, weight.t().contiguous(), None)
+    """grad (M, N) @ W (N, K): a oneDNN linear whose weight is the strided view Wᵀ (oneDNN
+    reads it as is; a contiguous copy of a large transposed weight costs more than it saves)."""
+    return _matmul(grad2d, weight.t(), None)
 
 
-class _LinearFn(torch.autograd.Function):
+def _norm_forward(x2d, ln_weight, ln_bias, eps):
+    """LayerNorm over the last axis, with its statistics; the identity when eps is None."""
+    if eps is None:
+        return x2d, None, None
+    return torch.native_layer_norm(x2d, (x2d.shape[1],), ln_weight, ln_bias, eps)
+
+
+def _norm_backward(ctx, grad_y, x2d, mean, rstd, ln_weight, ln_bias, needs):
+    """Gradients of (x, ln_weight, ln_bias) from the gradient of the normalised input."""
+    if ctx.eps is None:
+        return grad_y, None, None
+    mask = [needs[0], needs[1] and ln_weight is not None, needs[2] and ln_bias is not None]
+    return torch.ops.aten.native_layer_norm_backward(
+        grad_y, x2d, [x2d.shape[1]], mean, rstd, ln_weight, ln_bias, mask
+    )
+
+
+class _ProjectFn(torch.autograd.Function):
+    """Linear projections y @ W_iᵀ + b_i of one input y = LayerNorm(x) (or y = x).
+
+    Stores x and the norm's statistics for backward, not y: y is recomputed (exactly, by the
+    same kernel), so a norm followed by its Linear keeps one token-width tensor instead of two.
+    Inputs: x2d (M, K), ln_weight, ln_bias, eps (None: no norm), then W_0, b_0, W_1, b_1, ...
+    """
+
     @staticmethod
-    def forward(ctx, x2d, weight, bias):
-        ctx.save_for_backward(x2d, weight)
-        ctx.has_bias = bias is not None
-        return _matmul(x2d, weight, bias)
+    def forward(ctx, x2d, ln_weight, ln_bias, eps, *params):
+        y, mean, rstd = _norm_forward(x2d, ln_weight, ln_bias, eps)
+        weights, biases = params[0::2], params[1::2]
+        ctx.eps = eps
+        ctx.has_bias = [b is not None for b in biases]
+        ctx.save_for_backward(x2d, mean, rstd, ln_weight, ln_bias, *weights)
+        return tuple(_matmul(y, w, b) for w, b in zip(weights, biases))
 
     @staticmethod
-    def backward(ctx, grad):
-        x2d, weight = ctx.saved_tensors
-        grad = grad.contiguous()
-        grad_x = _input_grad(grad, weight) if ctx.needs_input_grad[0] else None
-        grad_w = grad.t().mm(x2d) if ctx.needs_input_grad[1] else None
-        grad_b = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return grad_x, grad_w, grad_b
+    def backward(ctx, *grads):
+        x2d, mean, rstd, ln_weight, ln_bias, *weights = ctx.saved_tensors
+        y = _norm_forward(x2d, ln_weight, ln_bias, ctx.eps)[0]
+        needs = ctx.needs_input_grad
+        grad_y, grad_params = None, []
+        for i, (grad, weight, has_bias) in enumerate(zip(grads, weights, ctx.has_bias)):
+            grad = grad.contiguous()
+            part = _input_grad(grad, weight)
+            grad_y = part if grad_y is None else grad_y.add_(part)
+            grad_params.append(grad.t().mm(y) if needs[4 + 2 * i] else None)
+            grad_params.append(grad.sum(0) if has_bias and needs[5 + 2 * i] else None)
+        del y
+        grad_x, grad_ln_w, grad_ln_b = _norm_backward(
+            ctx, grad_y, x2d, mean, rstd, ln_weight, ln_bias, needs[:3]
+        )
+        return (grad_x, grad_ln_w, grad_ln_b, None, *grad_params)
 
 
 class _GeluMlpFn(torch.autograd.Function):
-    """fc2(gelu(fc1(x))) saving x and fc1's output only; GELU is recomputed in backward."""
+    """fc2(gelu(fc1(y))) with y = LayerNorm(x) (or y = x), storing x, the norm's statistics
+    and fc1's output only; y and the GELU are recomputed in backward.
+    Inputs: x2d, ln_weight, ln_bias, eps (None: no norm), w1, b1, w2, b2."""
 
     @staticmethod
-    def forward(ctx, x2d, w1, b1, w2, b2):
-        hidden = _matmul(x2d, w1, b1)
+    def forward(ctx, x2d, ln_weight, ln_bias, eps, w1, b1, w2, b2):
+        y, mean, rstd = _norm_forward(x2d, ln_weight, ln_bias, eps)
+        hidden = _matmul(y, w1, b1)
+        del y
         out = _matmul(F.gelu(hidden), w2, b2)
-        ctx.save_for_backward(x2d, hidden, w1, w2)
+        ctx.eps = eps
         ctx.has_bias = (b1 is not None, b2 is not None)
+        ctx.save_for_backward(x2d, mean, rstd, ln_weight, ln_bias, hidden, w1, w2)
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        x2d, hidden, w1, w2 = ctx.saved_tensors
-        need_x, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad
+        x2d, mean, rstd, ln_weight, ln_bias, hidden, w1, w2 = ctx.saved_tensors
+        needs = ctx.needs_input_grad
         grad = grad.contiguous()
-        grad_w2 = grad.t().mm(F.gelu(hidden)) if need_w2 else None
-        grad_b2 = grad.sum(0) if ctx.has_bias[1] and need_b2 else None
+        grad_w2 = grad.t().mm(F.gelu(hidden)) if needs[6] else None
+        grad_b2 = grad.sum(0) if ctx.has_bias[1] and needs[7] else None
         grad_hidden = torch.ops.aten.gelu_backward(_input_grad(grad, w2), hidden)
         del hidden
-        grad_x = _input_grad(grad_hidden, w1) if need_x else None
-        grad_w1 = grad_hidden.t().mm(x2d) if need_w1 else None
-        grad_b1 = grad_hidden.sum(0) if ctx.has_bias[0] and need_b1 else None
-        return grad_x, grad_w1, grad_b1, grad_w2, grad_b2
+        y = _norm_forward(x2d, ln_weight, ln_bias, ctx.eps)[0]
+        grad_w1 = grad_hidden.t().mm(y) if needs[4] else None
+        del y
+        grad_b1 = grad_hidden.sum(0) if ctx.has_bias[0] and needs[5] else None
+        grad_y = _input_grad(grad_hidden, w1)
+        del grad_hidden
+        grad_x, grad_ln_w, grad_ln_b = _norm_backward(
+            ctx, grad_y, x2d, mean, rstd, ln_weight, ln_bias, needs[:3]
+        )
+        return grad_x, grad_ln_w, grad_ln_b, None, grad_w1, grad_b1, grad_w2, grad_b2
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1]).contiguous()
 
 
+def _fusable_norm(norm: nn.Module | None) -> bool:
+    return norm is None or (type(norm) is nn.LayerNorm and len(norm.normalized_shape) == 1)
+
+
+def _norm_args(norm: nn.Module | None) -> tuple:
+    return (None, None, None) if norm is None else (norm.weight, norm.bias, norm.eps)
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear`` that runs on oneDNN where :func:`onednn_applies`. x: (..., K) -> (..., N)."""
-    if not onednn_applies(x, weight):
-        return F.linear(x, weight, bias)
-    return _LinearFn.apply(_flat(x), weight, bias).reshape(*x.shape[:-1], weight.shape[0])
+    return norm_linear(x, None, [(weight, bias)])[0]
+
+
+def norm_linear(
+    x: torch.Tensor,
+    norm: nn.Module | None,
+    projections: Sequence[tuple[torch.Tensor, torch.Tensor | None]],
+) -> list[torch.Tensor]:
+    """``[linear(norm(x), W, b) for W, b in projections]``; x: (..., K) -> each (..., N_i).
+
+    On the oneDNN path with a LayerNorm (or no norm), one autograd node computes them all and
+    stores x instead of norm(x) for backward.
+    """
+    if not (onednn_applies(x, projections[0][0]) and _fusable_norm(norm)):
+        y = x if norm is None else norm(x)
+        return [F.linear(y, w, b) for w, b in projections]
+    params = [t for pair in projections for t in pair]
+    outs = _ProjectFn.apply(_flat(x), *_norm_args(norm), *params)
+    return [out.reshape(*x.shape[:-1], out.shape[-1]) for out in outs]
 
 
 class Linear(nn.Linear):
@@ -140,13 +212,16 @@ class Mlp(nn.Module):
         self.fc2 = Linear(hidden_features, out_features)
         self._fusable_gelu = type(self.act) is nn.GELU and self.act.approximate == "none"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, norm: nn.Module | None = None) -> torch.Tensor:
+        """mlp(norm(x)); x: (..., in_features). ``norm`` (the block's norm2) is applied first,
+        fused on the oneDNN path so that its output is not stored for backward."""
         w1, b1, w2, b2 = self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias
-        if not (self._fusable_gelu and onednn_applies(x, w1)):
-            return self.fc2(self.act(self.fc1(x)))
+        if not (self._fusable_gelu and _fusable_norm(norm) and onednn_applies(x, w1)):
+            return self.fc2(self.act(self.fc1(x if norm is None else norm(x))))
         x2d = _flat(x)
-        if torch.is_grad_enabled() and (x.requires_grad or w1.requires_grad or w2.requires_grad):
-            out = _GeluMlpFn.apply(x2d, w1, b1, w2, b2)
+        if torch.is_grad_enabled():
+            out = _GeluMlpFn.apply(x2d, *_norm_args(norm), w1, b1, w2, b2)
         else:
-            out = _matmul(_matmul(x2d, w1, b1, "gelu"), w2, b2)
+            y = x2d if norm is None else norm(x2d)
+            out = _matmul(_matmul(y, w1, b1, "gelu"), w2, b2)
         return out.reshape(*x.shape[:-1], out.shape[-1])
