@@ -25,6 +25,7 @@ from typing import Iterable, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 MODES = ("fwd", "fwd+bwd")
 
@@ -275,6 +276,37 @@ def attention_kernels(
             attn.attend(qg, kg, vg, *shapes, impl=impl).sum().backward()
             times["fwd+bwd"].append(time.perf_counter() - start)
         results[impl] = {mode: statistics.median(t[1:]) for mode, t in times.items()}
+    return results
+
+
+# (tokens, in, out) of MViTv2-T's Linear layers at 1024²: qkv, MLP fc1/fc2 of stages 1-4
+LINEAR_SHAPES = (
+    (65536, 96, 288), (65536, 96, 384), (65536, 384, 96), (16384, 192, 768),
+    (16384, 768, 192), (4096, 384, 1152), (4096, 384, 1536), (1024, 768, 3072),
+)
+
+
+def linear_kernels(repeats: int = 5) -> list[dict[str, float]]:
+    """GFLOP/s of ``F.linear`` (MKL sgemm) and of our oneDNN ``linear`` on the MViT Linear
+    shapes, forward (interleaved, medians), and the max abs difference of their outputs."""
+    from .layers.linear import linear
+
+    results = []
+    for tokens, d_in, d_out in LINEAR_SHAPES:
+        torch.manual_seed(0)
+        x, w, b = torch.randn(tokens, d_in), torch.randn(d_out, d_in), torch.randn(d_out)
+        times: dict[str, list[float]] = {"mkl": [], "onednn": []}
+        with torch.no_grad():
+            for _ in range(repeats + 1):
+                for name, fn in (("mkl", F.linear), ("onednn", linear)):
+                    start = time.perf_counter()
+                    fn(x, w, b)
+                    times[name].append(time.perf_counter() - start)
+            err = (F.linear(x, w, b) - linear(x, w, b)).abs().max().item()
+        gflop = 2 * tokens * d_in * d_out / 1e9
+        mkl, onednn = (statistics.median(times[n][1:]) for n in ("mkl", "onednn"))
+        results.append(dict(tokens=tokens, d_in=d_in, d_out=d_out, mkl_gflops=gflop / mkl,
+                            onednn_gflops=gflop / onednn, speedup=mkl / onednn, max_abs_diff=err))
     return results
 
 

@@ -18,6 +18,7 @@ from mvit_backbone.benchmark import (
     attention_kernels,
     build_pair,
     compile_speedup,
+    linear_kernels,
     plot,
     run_benchmark,
     saved_activation_mib,
@@ -46,7 +47,8 @@ def main() -> None:
     p.add_argument("--compile", action="store_true",
                    help="instead: eager vs torch.compile forward of ours at the first size/batch")
     p.add_argument("--kernels", action="store_true",
-                   help="instead: one stage-1 window batch through each attention implementation")
+                   help="instead: one stage-1 window batch through each attention implementation, "
+                        "and (CPU) the Linear shapes on MKL and oneDNN")
     p.add_argument("--saved", action="store_true",
                    help="instead: MiB saved for backward by both models, per variant/size/batch")
     args = p.parse_args()
@@ -65,6 +67,9 @@ def main() -> None:
         return
     if args.kernels:
         print(json.dumps(attention_kernels(repeats=args.repeats, device=args.device), indent=1))
+        if args.device == "cpu":
+            for row in linear_kernels(repeats=args.repeats):
+                print(json.dumps(row))
         return
     if args.compile:
         (h, w), batch = args.sizes[0], args.batches[0]
