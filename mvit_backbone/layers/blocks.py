@@ -107,11 +107,14 @@ class MultiScaleBlock(nn.Module):
     def forward(
         self, x: torch.Tensor, shape: Sequence[int]
     ) -> tuple[torch.Tensor, tuple[int, ...]]:
-        # norm1 and norm2 are applied inside the projections that consume them (fused there,
-        # so their outputs are not stored for backward)
-        x_attn, out_shape = self.attn(x, shape, norm=self.norm1)
+        # When training, norm1 and norm2 are applied inside the projections that read them
+        # (fused there, so their outputs are not stored for backward); in inference norm1 is
+        # applied once here, as two projections may read it.
+        norm1 = self.norm1 if torch.is_grad_enabled() else None
+        x_in = x if norm1 is not None else self.norm1(x)
+        x_attn, out_shape = self.attn(x_in, shape, norm=norm1)
         if self.expand_in_attention and hasattr(self, "proj"):
-            x = norm_linear(x, self.norm1, [(self.proj.weight, self.proj.bias)])[0]
+            x = norm_linear(x_in, norm1, [(self.proj.weight, self.proj.bias)])[0]
         fast = self._inference_fast_path()
         skip = self._pool_skip(x, shape)
         # x_attn is a fresh tensor (the attention's projection), so adding into it is safe
