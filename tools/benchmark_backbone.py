@@ -19,6 +19,7 @@ from mvit_backbone.benchmark import (
     build_pair,
     compile_speedup,
     linear_kernels,
+    page_faults,
     plot,
     run_benchmark,
     saved_activation_mib,
@@ -51,6 +52,8 @@ def main() -> None:
                         "and (CPU) the Linear shapes on MKL and oneDNN")
     p.add_argument("--saved", action="store_true",
                    help="instead: MiB saved for backward by both models, per variant/size/batch")
+    p.add_argument("--faults", action="store_true",
+                   help="instead: page faults, user and system time per step (first size/batch)")
     args = p.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -64,6 +67,13 @@ def main() -> None:
                     print(json.dumps(dict(variant=variant, height=h, width=w, batch=batch,
                                           d2_mib=d2_mib, ours_mib=ours_mib,
                                           ratio=ours_mib / d2_mib)))
+        return
+    if args.faults:
+        (h, w), batch = args.sizes[0], args.batches[0]
+        for variant in args.variants:
+            for mode in args.modes:
+                for row in page_faults(variant, h, w, batch, mode, args.repeats):
+                    print(json.dumps(dict(variant=variant, height=h, width=w, batch=batch, **row)))
         return
     if args.kernels:
         print(json.dumps(attention_kernels(repeats=args.repeats, device=args.device), indent=1))
