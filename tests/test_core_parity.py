@@ -72,14 +72,17 @@ def test_gradient_parity_with_detectron2(window):
     ref, ours = _pair("T", adaptive_window_size=window)
     ref.train(), ours.train()
     x = torch.randn(2, 3, 333, 517)
-    grads = []
+    grads, outs = [], []
     for model in (ref, ours):
         xi = x.clone().requires_grad_(True)
         out = model(xi)
+        outs.append({k: v.detach() for k, v in out.items()})
         torch.manual_seed(1)
         loss = sum((o * torch.randn_like(o)).sum() for o in out.values())
         loss.backward()
         grads.append({"input": xi.grad, **{n: p.grad for n, p in model.named_parameters()}})
+    for name in outs[0]:
+        torch.testing.assert_close(outs[1][name], outs[0][name], atol=1e-5, rtol=0)
     ref_grads, our_grads = grads
     assert set(ref_grads) == set(our_grads)
     for name, g in ref_grads.items():
