@@ -11,6 +11,9 @@ itself has three implementations with the same result (``attn_impl``): the expli
 softmax (reference, attention maps), SDPA with the decomposed rel-pos bias as additive mask,
 and SDPA with the bias folded into the dot product (q gets ``q·R_h``, ``q·R_w`` appended, k
 the one-hot codes of its row and column), which needs no Lq x Lk bias at all.
+
+Training keeps little for backward: the pooled tensors before their norms are recomputed
+(checkpointed conv + norm), and the folded attention on CPU stores its unfolded operands.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .linear import Linear, norm_linear
+from .linear import Linear, eager_mode, norm_linear
 from .rel_pos import EINSUM_AXES, rel_pos_lookup
 from .windows import partition_run, shifted_window_mask, unpartition_run, window_runs
 
@@ -116,12 +119,7 @@ def attention_pool(
 
 def _recompute_in_backward() -> bool:
     """Training in eager mode (tracing, export and compilation see the plain graph)."""
-    return (
-        torch.is_grad_enabled()
-        and not torch.jit.is_tracing()
-        and not torch.compiler.is_compiling()
-        and not torch.onnx.is_in_onnx_export()
-    )
+    return torch.is_grad_enabled() and eager_mode()
 
 
 def _attn_impl_for(impl: str, q: torch.Tensor, use_rel_pos: bool) -> str:

@@ -8,7 +8,7 @@ import torch.nn as nn
 from timm.layers import DropPath
 
 from .attention import MultiScaleAttention, as_tuple
-from .linear import Linear, Mlp, norm_linear
+from .linear import Linear, Mlp, norm_linear, onednn_applies
 
 # tokens per chunk of the inference MLP: 2048 x 4 x 96 fp32 hidden activations = 3 MiB
 INFERENCE_TOKEN_CHUNK = 2048
@@ -107,10 +107,11 @@ class MultiScaleBlock(nn.Module):
     def forward(
         self, x: torch.Tensor, shape: Sequence[int]
     ) -> tuple[torch.Tensor, tuple[int, ...]]:
-        # When training, norm1 and norm2 are applied inside the projections that read them
-        # (fused there, so their outputs are not stored for backward); in inference norm1 is
-        # applied once here, as two projections may read it.
-        norm1 = self.norm1 if torch.is_grad_enabled() else None
+        # When training on the oneDNN path, norm1 and norm2 are applied inside the projections
+        # that read them (fused there, so their outputs are not stored for backward);
+        # otherwise norm1 is applied once here, as two projections may read it.
+        fuse = torch.is_grad_enabled() and onednn_applies(x, self.attn.qkv.weight)
+        norm1 = self.norm1 if fuse else None
         x_in = x if norm1 is not None else self.norm1(x)
         x_attn, out_shape = self.attn(x_in, shape, norm=norm1)
         if self.expand_in_attention and hasattr(self, "proj"):

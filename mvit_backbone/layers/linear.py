@@ -34,6 +34,17 @@ def _onednn_op():
 _LINEAR_POINTWISE = _onednn_op() if torch.backends.mkldnn.is_available() else None
 
 
+def eager_mode() -> bool:
+    """Not tracing, scripting, compiling or exporting: custom kernels and autograd nodes may
+    run (the others must see the plain graph of standard ops)."""
+    return not (
+        torch.jit.is_tracing()
+        or torch.jit.is_scripting()
+        or torch.compiler.is_compiling()
+        or torch.onnx.is_in_onnx_export()
+    )
+
+
 def onednn_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether :func:`linear` will run on oneDNN for this input and weight."""
     return (
@@ -42,10 +53,7 @@ def onednn_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
         and not torch.is_autocast_enabled("cpu")
-        and not torch.jit.is_tracing()
-        and not torch.jit.is_scripting()
-        and not torch.compiler.is_compiling()
-        and not torch.onnx.is_in_onnx_export()
+        and eager_mode()
     )
 
 
