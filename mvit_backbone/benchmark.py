@@ -16,13 +16,14 @@ import gc
 import json
 import math
 import os
+import resource
 import statistics
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
 from functools import partial
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 import torch.nn as nn
@@ -97,20 +98,37 @@ def run_step(model: nn.Module, x: torch.Tensor, mode: str) -> None:
         torch.cuda.synchronize()
 
 
+def interleaved(
+    steps: Sequence[tuple[str, Callable[[], object]]], repeats: int = 3, warmup: int = 1
+) -> dict[str, list[dict[str, float]]]:
+    """Runs the named steps in turn (a, b, a, b, ...), ``warmup`` rounds unrecorded, then
+    ``repeats`` rounds; per name, one record per round: wall seconds and, from ``getrusage``,
+    minor page faults, user and system seconds."""
+    records: dict[str, list[dict[str, float]]] = {name: [] for name, _ in steps}
+    for round_index in range(warmup + repeats):
+        for name, step in steps:
+            before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+            step()
+            wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
+            if round_index >= warmup:
+                records[name].append(dict(
+                    wall_s=wall, minor_faults=after.ru_minflt - before.ru_minflt,
+                    user_s=after.ru_utime - before.ru_utime, sys_s=after.ru_stime - before.ru_stime,
+                ))
+    return records
+
+
+def _median_wall(records: list[dict[str, float]]) -> float:
+    return statistics.median(r["wall_s"] for r in records)
+
+
 def time_pair(
     ref: nn.Module, ours: nn.Module, x: torch.Tensor, mode: str, repeats: int = 3, warmup: int = 1
 ) -> tuple[float, float]:
     """Interleaved timing; returns the median seconds of (reference, ours)."""
-    for _ in range(warmup):
-        run_step(ref, x, mode)
-        run_step(ours, x, mode)
-    t_ref, t_ours = [], []
-    for _ in range(repeats):
-        for model, times in ((ref, t_ref), (ours, t_ours)):
-            start = time.perf_counter()
-            run_step(model, x, mode)
-            times.append(time.perf_counter() - start)
-    return statistics.median(t_ref), statistics.median(t_ours)
+    records = interleaved([("ref", partial(run_step, ref, x, mode)),
+                           ("ours", partial(run_step, ours, x, mode))], repeats, warmup)
+    return _median_wall(records["ref"]), _median_wall(records["ours"])
 
 
 def rss_mib() -> float:
@@ -284,22 +302,12 @@ def page_faults(variant: str, height: int, width: int, batch: int, mode: str,
                 repeats: int = 3) -> list[dict]:
     """Minor page faults, wall, user and system seconds of each step (``getrusage``), both
     models interleaved after one warm-up step each: where the wall time goes besides compute."""
-    import resource
-
     ref, ours = build_pair(variant)
     x = torch.randn(batch, 3, height, width)
-    rows = []
-    for rep in range(repeats + 1):
-        for name, model in (("detectron2", ref), ("ours", ours)):
-            before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-            run_step(model, x, mode)
-            wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
-            if rep:
-                rows.append(dict(model=name, mode=mode, wall_s=wall,
-                                 minor_faults=after.ru_minflt - before.ru_minflt,
-                                 user_s=after.ru_utime - before.ru_utime,
-                                 sys_s=after.ru_stime - before.ru_stime))
-    return rows
+    records = interleaved([("detectron2", partial(run_step, ref, x, mode)),
+                           ("ours", partial(run_step, ours, x, mode))], repeats)
+    return [dict(model=name, mode=mode, **r) for rounds in zip(*records.values())
+            for name, r in zip(records, rounds)]
 
 
 # (tokens, in, out) of MViTv2-T's Linear layers at 1024²: qkv, MLP fc1/fc2 of stages 1-4
@@ -318,16 +326,12 @@ def linear_kernels(repeats: int = 5) -> list[dict[str, float]]:
     for tokens, d_in, d_out in LINEAR_SHAPES:
         torch.manual_seed(0)
         x, w, b = torch.randn(tokens, d_in), torch.randn(d_out, d_in), torch.randn(d_out)
-        times: dict[str, list[float]] = {"mkl": [], "onednn": []}
         with torch.no_grad():
-            for _ in range(repeats + 1):
-                for name, fn in (("mkl", F.linear), ("onednn", linear)):
-                    start = time.perf_counter()
-                    fn(x, w, b)
-                    times[name].append(time.perf_counter() - start)
+            records = interleaved([("mkl", partial(F.linear, x, w, b)),
+                                   ("onednn", partial(linear, x, w, b))], repeats)
             err = (F.linear(x, w, b) - linear(x, w, b)).abs().max().item()
         gflop = 2 * tokens * d_in * d_out / 1e9
-        mkl, onednn = (statistics.median(times[n][1:]) for n in ("mkl", "onednn"))
+        mkl, onednn = _median_wall(records["mkl"]), _median_wall(records["onednn"])
         results.append(dict(tokens=tokens, d_in=d_in, d_out=d_out, mkl_gflops=gflop / mkl,
                             onednn_gflops=gflop / onednn, speedup=mkl / onednn, max_abs_diff=err))
     return results

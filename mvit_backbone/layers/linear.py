@@ -68,6 +68,13 @@ def _input_grad(grad2d: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return _matmul(grad2d, weight.t(), None)
 
 
+def _param_grads(grad2d: torch.Tensor, y: torch.Tensor | None, has_bias: bool, need_weight: bool,
+                 need_bias: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Gradients of W and b in ``y @ Wᵀ + b`` from the output gradient (M, N) and y (M, K)."""
+    return (grad2d.t().mm(y) if need_weight else None,
+            grad2d.sum(0) if has_bias and need_bias else None)
+
+
 def _norm_forward(x2d, ln_weight, ln_bias, eps):
     """LayerNorm over the last axis, with its statistics; the identity when eps is None."""
     if eps is None:
@@ -112,8 +119,7 @@ class _ProjectFn(torch.autograd.Function):
             grad = grad.contiguous()
             part = _input_grad(grad, weight)
             grad_y = part if grad_y is None else grad_y.add_(part)
-            grad_params.append(grad.t().mm(y) if needs[4 + 2 * i] else None)
-            grad_params.append(grad.sum(0) if has_bias and needs[5 + 2 * i] else None)
+            grad_params += _param_grads(grad, y, has_bias, needs[4 + 2 * i], needs[5 + 2 * i])
         del y
         grad_x, grad_ln_w, grad_ln_b = _norm_backward(
             ctx, grad_y, x2d, mean, rstd, ln_weight, ln_bias, needs[:3]
@@ -142,14 +148,14 @@ class _GeluMlpFn(torch.autograd.Function):
         x2d, mean, rstd, ln_weight, ln_bias, hidden, w1, w2 = ctx.saved_tensors
         needs = ctx.needs_input_grad
         grad = grad.contiguous()
-        grad_w2 = grad.t().mm(F.gelu(hidden)) if needs[6] else None
-        grad_b2 = grad.sum(0) if ctx.has_bias[1] and needs[7] else None
+        activation = F.gelu(hidden) if needs[6] else None  # recomputed only when needed
+        grad_w2, grad_b2 = _param_grads(grad, activation, ctx.has_bias[1], needs[6], needs[7])
+        del activation
         grad_hidden = torch.ops.aten.gelu_backward(_input_grad(grad, w2), hidden)
         del hidden
         y = _norm_forward(x2d, ln_weight, ln_bias, ctx.eps)[0]
-        grad_w1 = grad_hidden.t().mm(y) if needs[4] else None
+        grad_w1, grad_b1 = _param_grads(grad_hidden, y, ctx.has_bias[0], needs[4], needs[5])
         del y
-        grad_b1 = grad_hidden.sum(0) if ctx.has_bias[0] and needs[5] else None
         grad_y = _input_grad(grad_hidden, w1)
         del grad_hidden
         grad_x, grad_ln_w, grad_ln_b = _norm_backward(
