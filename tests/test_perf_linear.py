@@ -5,7 +5,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import Mlp as TimmMlp
 
-from mvit_backbone.layers.linear import Linear, Mlp, onednn_applies
+from mvit_backbone.layers.linear import TOKEN_CHUNK, Linear, Mlp, onednn_applies
 
 needs_onednn = pytest.mark.skipif(
     not onednn_applies(torch.zeros(1), torch.zeros(1)), reason="oneDNN linear not available"
@@ -32,15 +32,19 @@ def test_linear_matches_nn_linear(bias):
 
 
 @needs_onednn
-def test_mlp_matches_timm_mlp_forward_backward_and_inference():
+@pytest.mark.parametrize("tokens", [50, 2 * TOKEN_CHUNK + 100], ids=["one_chunk", "three_chunks"])
+def test_mlp_matches_timm_mlp_forward_backward_and_inference(tokens):
+    """Also over several token chunks (the GELU and its gradient are computed per chunk)."""
     torch.manual_seed(0)
     ours = Mlp(64, 256, 96)
     ref = TimmMlp(64, 256, 96)
     assert set(ours.state_dict()) == set(ref.state_dict())
     ref.load_state_dict(ours.state_dict())
-    x = torch.randn(3, 50, 64)
+    x = torch.randn(3, tokens, 64)
     for a, b in zip(_grads(ours, x), _grads(ref, x)):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        # parameter gradients are sums over all tokens, summed in another order (per chunk):
+        # compare relative to the gradient's scale
+        assert (a - b).abs().max() <= 5e-5 * b.abs().max() + 1e-6, a.shape
     with torch.no_grad():
         torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-5)
 

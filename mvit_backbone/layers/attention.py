@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .linear import Linear, eager_mode, norm_linear
+from .linear import Linear, norm_linear, recompute_in_backward
 from .rel_pos import EINSUM_AXES, rel_pos_lookup
 from .windows import partition_run, shifted_window_mask, unpartition_run, window_runs
 
@@ -110,16 +110,11 @@ def attention_pool(
             out = torch.cat([prefix, out], dim=1)
         return [t if norm is None else norm(t) for t, norm in zip(out.unbind(2), norms)]
 
-    if _recompute_in_backward() and any(norm is not None for norm in norms):
+    if recompute_in_backward() and any(norm is not None for norm in norms):
         # The pooled tensors before their norms are needed only by the norms' backward:
         # recompute them there (a depthwise conv) instead of storing them.
         return checkpoint(pool_and_norm, grid, use_reentrant=False), new_shape
     return pool_and_norm(grid), new_shape
-
-
-def _recompute_in_backward() -> bool:
-    """Training in eager mode (tracing, export and compilation see the plain graph)."""
-    return torch.is_grad_enabled() and eager_mode()
 
 
 def _attn_impl_for(impl: str, q: torch.Tensor, use_rel_pos: bool) -> str:
@@ -404,7 +399,7 @@ class MultiScaleAttention(nn.Module):
             out = attn @ v
             return (out, attn) if return_attn else out
         if impl == "folded" and lookups is not None:
-            if q.device.type == "cpu" and _recompute_in_backward():
+            if q.device.type == "cpu" and recompute_in_backward():
                 return _FoldedFlashAttention.apply(self._fold, q, k, v, mask, q_shape, k_shape, *lookups)
             q_ext, k_ext, v_ext = self._fold(q, k, v, q_shape, k_shape, lookups)
             out = F.scaled_dot_product_attention(q_ext, k_ext, v_ext, attn_mask=mask, scale=1.0)
@@ -504,11 +499,11 @@ class MultiScaleAttention(nn.Module):
             out = torch.roll(out[:, :hq, :wdq], (self.q_shift, self.q_shift), dims=(1, 2))
         return out.reshape(b, -1, heads, c)
 
-    def forward(
-        self, x: torch.Tensor, shape: Sequence[int], norm: nn.Module | None = None
-    ) -> tuple[torch.Tensor, tuple[int, ...]]:
-        """x: (B, p + prod(shape), dim); ``norm`` (the block's norm1) is applied to x first,
-        fused with the qkv projection so that its output is not kept for backward."""
+    def _project_and_pool(
+        self, x: torch.Tensor, shape: Sequence[int], norm: nn.Module | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, ...], tuple[int, ...]]:
+        """norm, qkv projection and pooling: q (B, p + Lq, heads, C), k and v
+        (B, p + Lk, heads, C), and their grid shapes."""
         b, n, _ = x.shape
         p = self.num_prefix
         w, bias = self.qkv.weight, self.qkv.bias
@@ -534,6 +529,23 @@ class MultiScaleAttention(nn.Module):
             (k, v), k_shape = attention_pool(
                 kv_in, shape, (self.pool_k, self.pool_v), (self.norm_k, self.norm_v), p
             )
+        return q, k, v, q_shape, k_shape
+
+    def forward(
+        self, x: torch.Tensor, shape: Sequence[int], norm: nn.Module | None = None
+    ) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """x: (B, p + prod(shape), dim); ``norm`` (the block's norm1) is applied to x first,
+        fused with the qkv projection so that its output is not kept for backward."""
+        b = x.shape[0]
+        if recompute_in_backward() and any(st > 1 for st in self.stride_q):
+            # The query is pooled: the qkv projection is at the input resolution with the output
+            # width, the largest tensor of the block (6 input widths in MViTv2's transition
+            # blocks). Recompute it in backward from x, which the block keeps anyway.
+            q, k, v, q_shape, k_shape = checkpoint(
+                self._project_and_pool, x, shape, norm, use_reentrant=False
+            )
+        else:
+            q, k, v, q_shape, k_shape = self._project_and_pool(x, shape, norm)
         # q, k, v: (B, p + L, heads, C)
         impl = _attn_impl_for(self.attn_impl, q, self.use_rel_pos)
         if self.window_size:

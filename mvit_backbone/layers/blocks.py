@@ -8,11 +8,9 @@ import torch.nn as nn
 from timm.layers import DropPath
 
 from .attention import MultiScaleAttention, as_tuple
-from .linear import Linear, Mlp, norm_linear, onednn_applies
+from torch.utils.checkpoint import checkpoint
 
-# tokens per chunk of the inference MLP: 2048 x 4 x 96 fp32 hidden activations = 3 MiB
-INFERENCE_TOKEN_CHUNK = 2048
-
+from .linear import TOKEN_CHUNK, Linear, Mlp, norm_linear, onednn_applies, recompute_in_backward
 
 class MultiScaleBlock(nn.Module):
     """x -> x' + Attn(norm1(x)) -> x'' + MLP(norm2(x'')), where x' is the skip path.
@@ -91,7 +89,18 @@ class MultiScaleBlock(nn.Module):
             pool_cls = nn.MaxPool2d if ndim == 2 else nn.MaxPool3d
             self.pool_skip = pool_cls(kernel, stride_q, [k // 2 for k in kernel], ceil_mode=False)
 
-    def _pool_skip(self, x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    def _skip(
+        self,
+        x: torch.Tensor,
+        x_in: torch.Tensor,
+        shape: Sequence[int],
+        norm1: nn.Module | None,
+    ) -> torch.Tensor:
+        """The attention's skip: the block input x, or in MViTv2 transition blocks the
+        projection of ``norm1(x)`` to dim_out, max-pooled to the query grid. ``x_in`` is what
+        the projections read: norm1(x), or x itself when ``norm1`` is given to be fused."""
+        if self.expand_in_attention and hasattr(self, "proj"):
+            x = norm_linear(x_in, norm1, [(self.proj.weight, self.proj.bias)])[0]
         if self.pool_skip is None:
             return x
         p = self.num_prefix
@@ -114,10 +123,13 @@ class MultiScaleBlock(nn.Module):
         norm1 = self.norm1 if fuse else None
         x_in = x if norm1 is not None else self.norm1(x)
         x_attn, out_shape = self.attn(x_in, shape, norm=norm1)
-        if self.expand_in_attention and hasattr(self, "proj"):
-            x = norm_linear(x_in, norm1, [(self.proj.weight, self.proj.bias)])[0]
+        if self.pool_skip is not None and recompute_in_backward():
+            # the projected skip before pooling (and the pooling's indices) would be kept for
+            # backward at the input resolution; recompute them from x, which is kept anyway
+            skip = checkpoint(self._skip, x, x_in, shape, norm1, use_reentrant=False)
+        else:
+            skip = self._skip(x, x_in, shape, norm1)
         fast = self._inference_fast_path()
-        skip = self._pool_skip(x, shape)
         # x_attn is a fresh tensor (the attention's projection), so adding into it is safe
         x = x_attn.add_(skip) if fast else skip + self.drop_path(x_attn)
         if not self.expand_in_attention and hasattr(self, "proj"):
@@ -127,7 +139,7 @@ class MultiScaleBlock(nn.Module):
             # Token chunks: the 4x-wide hidden layer of a chunk stays in cache and no
             # token-sized temporaries are allocated (each fresh allocation of a large tensor
             # costs page faults, which at detection sizes take as long as the GELU).
-            for chunk in x.view(-1, x.shape[-1]).split(INFERENCE_TOKEN_CHUNK):
+            for chunk in x.view(-1, x.shape[-1]).split(TOKEN_CHUNK):
                 chunk += self.mlp(chunk, norm=self.norm2)
             return x, out_shape
         return x + self.drop_path(self.mlp(x, norm=self.norm2)), out_shape
