@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mvit_backbone import MViT
-from mvit_backbone.layers import MultiScaleAttention, window_runs
+from mvit_backbone.layers import MultiScaleAttention, MultiScaleBlock, window_runs
 from mvit_backbone.layers.attention import _attn_impl_for
 
 IMPLS = ["sdpa", "folded", "auto"]
@@ -116,3 +116,25 @@ def test_unknown_options_raise():
         MultiScaleAttention(16, 16, 1, attn_impl="flash")
     with pytest.raises(ValueError, match="window_padding must be one of"):
         MultiScaleAttention(16, 16, 1, window_padding="none")
+
+
+def test_transition_block_keeps_nothing_at_input_resolution_and_output_width():
+    """A block that pools the query recomputes its qkv projection (three output widths at the
+    input resolution) and its projected skip in backward instead of keeping them.
+    (Its gradients are checked against detectron2 in test_core_parity.py.)"""
+    torch.manual_seed(0)
+    block = MultiScaleBlock(32, 64, num_heads=2, mlp_ratio=2.0, stride_q=2, stride_kv=2,
+                            use_rel_pos=True, input_size=(16, 16))
+    x = torch.randn(1, 16 * 16, 32, requires_grad=True)
+    sizes = []
+
+    def pack(t):
+        sizes.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out, shape = block(x, (16, 16))
+    assert shape == (8, 8)
+    assert max(sizes) < 16 * 16 * 64
+    out.sum().backward()
+    assert torch.isfinite(x.grad).all()

@@ -69,6 +69,7 @@ def attention_pool(
     pools: Sequence[nn.Module],
     norms: Sequence[nn.Module | None],
     num_prefix: int,
+    recompute: bool = True,
 ) -> tuple[list[torch.Tensor], tuple[int, ...]]:
     """Pools G tensors of per-head tokens on their grid, all heads and tensors in one call.
 
@@ -79,6 +80,8 @@ def attention_pool(
             repeated per head and the G weights stacked, for one grouped conv) or a max/avg
             pooling (channel-wise, so the first one serves all tensors).
         norms: per tensor, LayerNorm over C (per head) or None.
+        recompute: in training, recompute the pooled tensors before their norms in backward
+            (False where the caller already recomputes the whole pooling).
 
     The class token bypasses the pooling and rejoins before the norm (as in the official code).
     Returns G tensors (B, num_prefix + prod(pooled shape), heads, C) and the pooled grid shape.
@@ -110,7 +113,7 @@ def attention_pool(
             out = torch.cat([prefix, out], dim=1)
         return [t if norm is None else norm(t) for t, norm in zip(out.unbind(2), norms)]
 
-    if recompute_in_backward() and any(norm is not None for norm in norms):
+    if recompute and recompute_in_backward() and any(norm is not None for norm in norms):
         # The pooled tensors before their norms are needed only by the norms' backward:
         # recompute them there (a depthwise conv) instead of storing them.
         return checkpoint(pool_and_norm, grid, use_reentrant=False), new_shape
@@ -500,10 +503,12 @@ class MultiScaleAttention(nn.Module):
         return out.reshape(b, -1, heads, c)
 
     def _project_and_pool(
-        self, x: torch.Tensor, shape: Sequence[int], norm: nn.Module | None
+        self, x: torch.Tensor, shape: Sequence[int], norm: nn.Module | None,
+        recompute_pool: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, ...], tuple[int, ...]]:
         """norm, qkv projection and pooling: q (B, p + Lq, heads, C), k and v
-        (B, p + Lk, heads, C), and their grid shapes."""
+        (B, p + Lk, heads, C), and their grid shapes. ``recompute_pool``: see
+        :func:`attention_pool`."""
         b, n, _ = x.shape
         p = self.num_prefix
         w, bias = self.qkv.weight, self.qkv.bias
@@ -511,7 +516,7 @@ class MultiScaleAttention(nn.Module):
             qkv = norm_linear(x, norm, [(w, bias)])[0].reshape(b, n, 3, self.num_heads, -1)
             (q, k, v), q_shape = attention_pool(
                 qkv, shape, (self.pool_q, self.pool_k, self.pool_v),
-                (self.norm_q, self.norm_k, self.norm_v), p,
+                (self.norm_q, self.norm_k, self.norm_v), p, recompute_pool,
             )
             k_shape = q_shape
         else:
@@ -525,9 +530,12 @@ class MultiScaleAttention(nn.Module):
             ])
             q_in = q_in.reshape(b, n, 1, self.num_heads, -1)
             kv_in = kv_in.reshape(b, n, 2, self.num_heads, -1)
-            (q,), q_shape = attention_pool(q_in, shape, (self.pool_q,), (self.norm_q,), p)
+            (q,), q_shape = attention_pool(
+                q_in, shape, (self.pool_q,), (self.norm_q,), p, recompute_pool
+            )
             (k, v), k_shape = attention_pool(
-                kv_in, shape, (self.pool_k, self.pool_v), (self.norm_k, self.norm_v), p
+                kv_in, shape, (self.pool_k, self.pool_v), (self.norm_k, self.norm_v), p,
+                recompute_pool,
             )
         return q, k, v, q_shape, k_shape
 
@@ -540,9 +548,10 @@ class MultiScaleAttention(nn.Module):
         if recompute_in_backward() and any(st > 1 for st in self.stride_q):
             # The query is pooled: the qkv projection is at the input resolution with the output
             # width, the largest tensor of the block (6 input widths in MViTv2's transition
-            # blocks). Recompute it in backward from x, which the block keeps anyway.
+            # blocks). Recompute it, and the pooling with it, in backward from x, which the
+            # block keeps anyway.
             q, k, v, q_shape, k_shape = checkpoint(
-                self._project_and_pool, x, shape, norm, use_reentrant=False
+                self._project_and_pool, x, shape, norm, False, use_reentrant=False
             )
         else:
             q, k, v, q_shape, k_shape = self._project_and_pool(x, shape, norm)
