@@ -503,41 +503,25 @@ class MultiScaleAttention(nn.Module):
         return out.reshape(b, -1, heads, c)
 
     def _project_and_pool(
-        self, x: torch.Tensor, shape: Sequence[int], norm: nn.Module | None,
+        self,
+        x: torch.Tensor,
+        shape: Sequence[int],
+        norm: nn.Module | None,
+        rows: slice | None,
+        pools: Sequence[nn.Module],
+        norms: Sequence[nn.Module | None],
         recompute_pool: bool = True,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, ...], tuple[int, ...]]:
-        """norm, qkv projection and pooling: q (B, p + Lq, heads, C), k and v
-        (B, p + Lk, heads, C), and their grid shapes. ``recompute_pool``: see
-        :func:`attention_pool`."""
+    ) -> tuple[list[torch.Tensor], tuple[int, ...]]:
+        """``norm(x)`` projected by the rows ``rows`` of the qkv weight (a part of Q, K, V that
+        shares a stride; None: all three) and pooled: one (B, p + L, heads, C) tensor per
+        pool, and their grid shape. ``recompute_pool``: see :func:`attention_pool`."""
         b, n, _ = x.shape
-        p = self.num_prefix
-        w, bias = self.qkv.weight, self.qkv.bias
-        if self.stride_q == self.stride_kv:
-            qkv = norm_linear(x, norm, [(w, bias)])[0].reshape(b, n, 3, self.num_heads, -1)
-            (q, k, v), q_shape = attention_pool(
-                qkv, shape, (self.pool_q, self.pool_k, self.pool_v),
-                (self.norm_q, self.norm_k, self.norm_v), p, recompute_pool,
-            )
-            k_shape = q_shape
-        else:
-            # Q and K/V are pooled with different strides, by two convs: project them by two
-            # matmuls (row blocks of the qkv weight) so that each conv reads a dense tensor
-            # instead of a strided slice it would first copy.
-            d = w.shape[0] // 3
-            q_in, kv_in = norm_linear(x, norm, [
-                (w[:d], None if bias is None else bias[:d]),
-                (w[d:], None if bias is None else bias[d:]),
-            ])
-            q_in = q_in.reshape(b, n, 1, self.num_heads, -1)
-            kv_in = kv_in.reshape(b, n, 2, self.num_heads, -1)
-            (q,), q_shape = attention_pool(
-                q_in, shape, (self.pool_q,), (self.norm_q,), p, recompute_pool
-            )
-            (k, v), k_shape = attention_pool(
-                kv_in, shape, (self.pool_k, self.pool_v), (self.norm_k, self.norm_v), p,
-                recompute_pool,
-            )
-        return q, k, v, q_shape, k_shape
+        weight, bias = self.qkv.weight, self.qkv.bias
+        if rows is not None:
+            weight, bias = weight[rows], None if bias is None else bias[rows]
+        projected = norm_linear(x, norm, [(weight, bias)])[0]
+        projected = projected.reshape(b, n, len(pools), self.num_heads, -1)
+        return attention_pool(projected, shape, pools, norms, self.num_prefix, recompute_pool)
 
     def forward(
         self, x: torch.Tensor, shape: Sequence[int], norm: nn.Module | None = None
@@ -545,16 +529,31 @@ class MultiScaleAttention(nn.Module):
         """x: (B, p + prod(shape), dim); ``norm`` (the block's norm1) is applied to x first,
         fused with the qkv projection so that its output is not kept for backward."""
         b = x.shape[0]
-        if recompute_in_backward() and any(st > 1 for st in self.stride_q):
-            # The query is pooled: the qkv projection is at the input resolution with the output
-            # width, the largest tensor of the block (6 input widths in MViTv2's transition
-            # blocks). Recompute it, and the pooling with it, in backward from x, which the
-            # block keeps anyway.
-            q, k, v, q_shape, k_shape = checkpoint(
-                self._project_and_pool, x, shape, norm, False, use_reentrant=False
-            )
+        d = self.qkv.weight.shape[0] // 3
+        # The query is pooled in the first block of a stage: there the qkv projection is at the
+        # input resolution with the output width, the largest tensor of the block (6 input
+        # widths in MViTv2). In training it is recomputed, with its pooling, in backward from
+        # x (which the block keeps anyway), Q apart from K and V so that the recomputed
+        # projection and its gradient exist for one part at a time.
+        recompute = recompute_in_backward() and any(st > 1 for st in self.stride_q)
+        if self.stride_q == self.stride_kv and not recompute:
+            parts = [(None, (self.pool_q, self.pool_k, self.pool_v),
+                      (self.norm_q, self.norm_k, self.norm_v))]
         else:
-            q, k, v, q_shape, k_shape = self._project_and_pool(x, shape, norm)
+            # Q and K/V apart: each conv then reads a dense tensor, not a strided slice
+            parts = [(slice(0, d), (self.pool_q,), (self.norm_q,)),
+                     (slice(d, 3 * d), (self.pool_k, self.pool_v), (self.norm_k, self.norm_v))]
+        pooled, shapes = [], []
+        for rows, pools, norms in parts:
+            if recompute:
+                out, out_shape = checkpoint(self._project_and_pool, x, shape, norm, rows, pools,
+                                            norms, False, use_reentrant=False)
+            else:
+                out, out_shape = self._project_and_pool(x, shape, norm, rows, pools, norms)
+            pooled += out
+            shapes.append(out_shape)
+        q, k, v = pooled
+        q_shape, k_shape = shapes[0], shapes[-1]
         # q, k, v: (B, p + L, heads, C)
         impl = _attn_impl_for(self.attn_impl, q, self.use_rel_pos)
         if self.window_size:

@@ -6,11 +6,11 @@ from typing import Callable, Sequence
 import torch
 import torch.nn as nn
 from timm.layers import DropPath
-
-from .attention import MultiScaleAttention, as_tuple
 from torch.utils.checkpoint import checkpoint
 
+from .attention import MultiScaleAttention, as_tuple
 from .linear import TOKEN_CHUNK, Linear, Mlp, norm_linear, onednn_applies, recompute_in_backward
+
 
 class MultiScaleBlock(nn.Module):
     """x -> x' + Attn(norm1(x)) -> x'' + MLP(norm2(x'')), where x' is the skip path.

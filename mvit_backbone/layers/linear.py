@@ -168,7 +168,8 @@ class _GeluMlpFn(torch.autograd.Function):
         grad_b1 = w1.new_zeros(w1.shape[0]) if ctx.has_bias[0] and needs[5] else None
         grad_w2 = torch.zeros_like(w2) if needs[6] else None
         grad_y = torch.empty_like(y)
-        for g, h, y_part, grad_y_part in zip(*(t.split(TOKEN_CHUNK) for t in (grad, hidden, y, grad_y))):
+        chunks = (t.split(TOKEN_CHUNK) for t in (grad, hidden, y, grad_y))
+        for g, h, y_part, grad_y_part in zip(*chunks):
             if grad_w2 is not None:
                 grad_w2.addmm_(g.t(), F.gelu(h))
             grad_h = torch.ops.aten.gelu_backward(_input_grad(g, w2), h)
