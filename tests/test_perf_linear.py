@@ -41,10 +41,16 @@ def test_mlp_matches_timm_mlp_forward_backward_and_inference(tokens):
     assert set(ours.state_dict()) == set(ref.state_dict())
     ref.load_state_dict(ours.state_dict())
     x = torch.randn(3, tokens, 64)
-    for a, b in zip(_grads(ours, x), _grads(ref, x)):
-        # parameter gradients are sums over all tokens, summed in another order (per chunk):
-        # compare relative to the gradient's scale
-        assert (a - b).abs().max() <= 5e-5 * b.abs().max() + 1e-6, a.shape
+    pairs = list(zip(_grads(ours, x), _grads(ref, x)))
+    for a, b in pairs[:2]:  # output and input gradient
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    for a, b in pairs[2:]:  # parameter gradients
+        if tokens <= TOKEN_CHUNK:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        else:
+            # sums over 3 x 4196 tokens, which ours adds up chunk by chunk: float rounding
+            # of that order, compared relative to the gradient's scale
+            assert (a - b).abs().max() <= 5e-5 * b.abs().max(), a.shape
     with torch.no_grad():
         torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-5)
 

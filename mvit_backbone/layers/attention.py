@@ -13,7 +13,8 @@ and SDPA with the bias folded into the dot product (q gets ``q·R_h``, ``q·R_w`
 the one-hot codes of its row and column), which needs no Lq x Lk bias at all.
 
 Training keeps little for backward: the pooled tensors before their norms are recomputed
-(checkpointed conv + norm), and the folded attention on CPU stores its unfolded operands.
+(checkpointed conv + norm), blocks that pool the query recompute their whole qkv projection
+(Q apart from K/V), and the folded attention on CPU stores its unfolded operands.
 """
 from __future__ import annotations
 
