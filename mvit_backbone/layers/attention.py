@@ -508,21 +508,30 @@ class MultiScaleAttention(nn.Module):
         x: torch.Tensor,
         shape: Sequence[int],
         norm: nn.Module | None,
-        rows: slice | None,
-        pools: Sequence[nn.Module],
-        norms: Sequence[nn.Module | None],
+        parts: Sequence[tuple[slice | None, Sequence[nn.Module], Sequence[nn.Module | None]]],
         recompute_pool: bool = True,
-    ) -> tuple[list[torch.Tensor], tuple[int, ...]]:
-        """``norm(x)`` projected by the rows ``rows`` of the qkv weight (a part of Q, K, V that
-        shares a stride; None: all three) and pooled: one (B, p + L, heads, C) tensor per
-        pool, and their grid shape. ``recompute_pool``: see :func:`attention_pool`."""
+    ) -> tuple[list[torch.Tensor], list[tuple[int, ...]]]:
+        """``norm(x)`` projected and pooled, per part ``(rows, pools, norms)``: the rows of the
+        qkv weight of a part of Q, K, V that shares a stride (None: all three), and its pools
+        and norms. All parts are projected by one node (one norm). Returns one
+        (B, p + L, heads, C) tensor per pool, and per part its grid shape.
+        ``recompute_pool``: see :func:`attention_pool`."""
         b, n, _ = x.shape
         weight, bias = self.qkv.weight, self.qkv.bias
-        if rows is not None:
-            weight, bias = weight[rows], None if bias is None else bias[rows]
-        projected = norm_linear(x, norm, [(weight, bias)])[0]
-        projected = projected.reshape(b, n, len(pools), self.num_heads, -1)
-        return attention_pool(projected, shape, pools, norms, self.num_prefix, recompute_pool)
+        projections = [
+            (weight, bias) if rows is None
+            else (weight[rows], None if bias is None else bias[rows])
+            for rows, _, _ in parts
+        ]
+        pooled, shapes = [], []
+        for projected, (_, pools, norms) in zip(norm_linear(x, norm, projections), parts):
+            projected = projected.reshape(b, n, len(pools), self.num_heads, -1)
+            out, out_shape = attention_pool(
+                projected, shape, pools, norms, self.num_prefix, recompute_pool
+            )
+            pooled += out
+            shapes.append(out_shape)
+        return pooled, shapes
 
     def forward(
         self, x: torch.Tensor, shape: Sequence[int], norm: nn.Module | None = None
@@ -544,15 +553,15 @@ class MultiScaleAttention(nn.Module):
             # Q and K/V apart: each conv then reads a dense tensor, not a strided slice
             parts = [(slice(0, d), (self.pool_q,), (self.norm_q,)),
                      (slice(d, 3 * d), (self.pool_k, self.pool_v), (self.norm_k, self.norm_v))]
-        pooled, shapes = [], []
-        for rows, pools, norms in parts:
-            if recompute:
-                out, out_shape = checkpoint(self._project_and_pool, x, shape, norm, rows, pools,
-                                            norms, False, use_reentrant=False)
-            else:
-                out, out_shape = self._project_and_pool(x, shape, norm, rows, pools, norms)
-            pooled += out
-            shapes.append(out_shape)
+        if recompute:
+            pooled, shapes = [], []
+            for part in parts:
+                out, out_shapes = checkpoint(self._project_and_pool, x, shape, norm, [part],
+                                             False, use_reentrant=False)
+                pooled += out
+                shapes += out_shapes
+        else:
+            pooled, shapes = self._project_and_pool(x, shape, norm, parts)
         q, k, v = pooled
         q_shape, k_shape = shapes[0], shapes[-1]
         # q, k, v: (B, p + L, heads, C)
