@@ -12,6 +12,8 @@ mode, "fwd+bwd" runs it in train mode and back-propagates the sum of all feature
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 import json
 import math
@@ -129,6 +131,31 @@ def time_pair(
     records = interleaved([("ref", partial(run_step, ref, x, mode)),
                            ("ours", partial(run_step, ours, x, mode))], repeats, warmup)
     return _median_wall(records["ref"]), _median_wall(records["ours"])
+
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+
+
+def keep_freed_memory() -> None:
+    """Make glibc's malloc keep freed memory in this process, for timings free of page faults.
+
+    By default glibc serves large blocks with fresh ``mmap``s and returns freed memory to the
+    kernel, so every large tensor of a step is page-faulted (and zeroed by the kernel) anew;
+    detectron2's MViT spends 1-10 s of system time per step on this at 1024², and how fast the
+    kernel serves the faults changes from run to run. With no ``mmap`` blocks and no trimming,
+    freed memory is reused by the next step, as a caching allocator (jemalloc, tcmalloc, the
+    CUDA allocator) would do. The setting is process-wide and permanent: call it in a
+    benchmark process only, before the models are built. Raises RuntimeError where the C
+    library has no ``mallopt`` (not glibc) or refuses the settings.
+    """
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    mallopt = getattr(libc, "mallopt", None)
+    if mallopt is None:
+        raise RuntimeError("keep_freed_memory needs glibc's mallopt; this C library has none")
+    # int arguments: the largest trim threshold mallopt takes is INT_MAX (2 GiB of free heap)
+    if not (mallopt(_M_MMAP_MAX, 0) and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)):
+        raise RuntimeError("glibc's mallopt refused M_MMAP_MAX=0 / M_TRIM_THRESHOLD=INT_MAX")
 
 
 def rss_mib() -> float:
