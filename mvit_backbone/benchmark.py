@@ -337,6 +337,39 @@ def page_faults(variant: str, height: int, width: int, batch: int, mode: str,
             for name, r in zip(records, rounds)]
 
 
+# the kernels that bound our step from below: matmuls (Linear layers forward and backward) and
+# the attention kernel
+FLOOR_KERNELS = {
+    "matmul": ("mkldnn::_linear_pointwise", "aten::mm", "aten::addmm", "aten::addmm_"),
+    "attention": ("aten::_scaled_dot_product_flash_attention_for_cpu",
+                  "aten::_scaled_dot_product_flash_attention_for_cpu_backward"),
+}
+
+
+def kernel_floor(variant: str, height: int, width: int, batch: int, mode: str,
+                 repeats: int = 3) -> dict:
+    """How far our step can fall: the seconds our step spends in its matmul and attention
+    kernels (``torch.profiler`` self time, one profiled step after the timings), against the
+    median step of both models, interleaved in the same process.
+
+    ``floor_ratio`` = (matmul + attention kernel seconds of ours) / detectron2's step: the
+    ratio ours would reach if everything else in its step (norms, convs, copies, page faults,
+    Python) cost nothing.
+    """
+    ref, ours = build_pair(variant)
+    x = torch.randn(batch, 3, height, width)
+    t_ref, t_ours = time_pair(ref, ours, x, mode, repeats=repeats)
+    with torch.profiler.profile() as prof:
+        run_step(ours, x, mode)
+    self_s = {e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages()}
+    kernels = {group: sum(self_s.get(k, 0.0) for k in keys) for group, keys in FLOOR_KERNELS.items()}
+    floor = sum(kernels.values())
+    return dict(variant=variant, height=height, width=width, batch=batch, mode=mode,
+                d2_s=t_ref, ours_s=t_ours, time_ratio=t_ours / t_ref,
+                **{f"{group}_s": s for group, s in kernels.items()},
+                floor_ratio=floor / t_ref)
+
+
 # (tokens, in, out) of MViTv2-T's Linear layers at 1024²: qkv, MLP fc1/fc2 of stages 1-4
 LINEAR_SHAPES = (
     (65536, 96, 288), (65536, 96, 384), (65536, 384, 96), (16384, 192, 768),

@@ -55,3 +55,13 @@ def test_benchmark_tool_writes_table_json_and_plot(tmp_path):
     table = out.with_suffix(".md").read_text()
     assert "| MViTv2-T | 64×96 | 1 | fwd+bwd |" in table
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_kernel_floor_counts_matmul_and_attention_kernels_of_a_training_step():
+    from mvit_backbone.benchmark import kernel_floor
+
+    row = kernel_floor("T", 64, 96, 1, "fwd+bwd", repeats=1)
+    # training on CPU runs the folded flash kernel forward and backward, and Linear layers
+    assert row["matmul_s"] > 0 and row["attention_s"] > 0
+    assert row["floor_ratio"] == pytest.approx((row["matmul_s"] + row["attention_s"]) / row["d2_s"])
+    assert row["time_ratio"] == pytest.approx(row["ours_s"] / row["d2_s"])

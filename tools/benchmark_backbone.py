@@ -19,6 +19,7 @@ from mvit_backbone.benchmark import (
     build_pair,
     compile_speedup,
     keep_freed_memory,
+    kernel_floor,
     linear_kernels,
     page_faults,
     plot,
@@ -55,6 +56,9 @@ def main() -> None:
                    help="instead: MiB saved for backward by both models, per variant/size/batch")
     p.add_argument("--faults", action="store_true",
                    help="instead: page faults, user and system time per step (first size/batch)")
+    p.add_argument("--floor", action="store_true",
+                   help="instead: seconds of ours' matmul and attention kernels against "
+                        "detectron2's whole step (the ratio if all else were free)")
     p.add_argument("--keep-freed-memory", action="store_true",
                    help="glibc keeps freed memory for reuse (no mmap, no trim) in this process, "
                         "so the timings carry no page-fault cost for either model; peak memory "
@@ -81,6 +85,13 @@ def main() -> None:
             for mode in args.modes:
                 for row in page_faults(variant, h, w, batch, mode, args.repeats):
                     print(json.dumps(dict(variant=variant, height=h, width=w, batch=batch, **row)))
+        return
+    if args.floor:
+        for variant in args.variants:
+            for (h, w) in args.sizes:
+                for batch in args.batches:
+                    for mode in args.modes:
+                        print(json.dumps(kernel_floor(variant, h, w, batch, mode, args.repeats)))
         return
     if args.kernels:
         print(json.dumps(attention_kernels(repeats=args.repeats, device=args.device), indent=1))
