@@ -8,15 +8,15 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-# A 64 MiB tensor allocated, written and freed 4 times after two warm-up rounds (glibc's heap
-# settles in two): by default glibc maps (and the kernel faults in) fresh pages every time;
-# with keep_freed_memory() they are reused.
+# A 64 MiB tensor allocated, written and freed 4 times after 6 warm-up rounds: by default glibc
+# maps (and the kernel faults in) fresh pages every time; with keep_freed_memory() they are
+# reused once the heap has grown its free blocks (the warm-up: 2-4 rounds fault here).
 FAULTS_SCRIPT = """
 import resource, sys, torch
 from mvit_backbone.benchmark import keep_freed_memory
 if sys.argv[1] == "keep":
     keep_freed_memory()
-for _ in range(2):
+for _ in range(6):
     torch.empty(16 * 2**20).fill_(1.0)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(4):
@@ -36,7 +36,7 @@ def test_keep_freed_memory_reuses_large_blocks_without_page_faults():
     pages = 4 * 64 * 2**20 // 4096
     assert _faults("keep") < 0.01 * pages
     # the default allocator returns the blocks (faulted in again, in 4 KiB or 2 MiB pages)
-    assert _faults("default") > 4 * 32
+    assert _faults("default") >= 4 * 32
 
 
 def test_benchmark_tool_writes_table_json_and_plot(tmp_path):
