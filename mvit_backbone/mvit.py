@@ -62,7 +62,9 @@ def interpolate_abs_pos(pos: torch.Tensor, shape: Sequence[int]) -> torch.Tensor
         return pos
     grid = pos.reshape(1, side, side, -1).permute(0, 3, 1, 2)
     grid = F.interpolate(grid, size=tuple(shape), mode="bicubic", align_corners=False)
-    return grid.flatten(2).transpose(1, 2)
+    # contiguous tokens: added to the patch tokens, a transposed view would make the sum (and
+    # so the first blocks' tensors) strided
+    return grid.flatten(2).transpose(1, 2).contiguous()
 
 
 class MViTTrunk(nn.Module):

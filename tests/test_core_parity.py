@@ -68,7 +68,8 @@ def test_rel_pos_interpolates_to_large_inputs():
 @pytest.mark.parametrize("window", [56, 0], ids=["hwin", "global"])
 def test_gradient_parity_with_detectron2(window):
     """Training: same outputs and the same gradients for the input and every parameter
-    (ours runs its fused LayerNorm+Linear, MLP and folded-attention backward passes)."""
+    (ours runs its fused LayerNorm+Linear, MLP, folded global attention and stored-probability
+    window attention backward passes)."""
     ref, ours = _pair("T", adaptive_window_size=window)
     ref.train(), ours.train()
     x = torch.randn(2, 3, 333, 517)

@@ -1,5 +1,7 @@
 """Fused attention paths (SDPA with bias, folded rel-pos) against the explicit reference, and
 the window padding options against detectron2's padding."""
+import math
+
 import pytest
 import torch
 
@@ -51,12 +53,65 @@ def test_fused_equals_explicit(case):
                 torch.testing.assert_close(g, r, atol=1e-4, rtol=1e-4)
 
 
-def test_auto_picks_folded_for_cpu_training_only():
+def test_auto_picks_folded_or_explicit_for_cpu_training_only():
     q = torch.randn(1, 1, 4, 8)
     assert _attn_impl_for("auto", q, use_rel_pos=True) == "sdpa"
+    assert _attn_impl_for("auto", q, use_rel_pos=True, windowed=True) == "sdpa"
     assert _attn_impl_for("auto", q.requires_grad_(), use_rel_pos=True) == "folded"
+    assert _attn_impl_for("auto", q, use_rel_pos=True, windowed=True) == "explicit"
     assert _attn_impl_for("auto", q, use_rel_pos=False) == "sdpa"
     assert _attn_impl_for("explicit", q, use_rel_pos=True) == "explicit"
+
+
+EXPLICIT_CASES = {
+    # q_shape, k_shape, num_prefix, heads, masked
+    "window_pooled_kv": ((8, 6), (4, 3), 0, 2, False),
+    "window_masked": ((6, 6), (6, 6), 0, 1, True),
+    "cls_token": ((4, 4), (2, 2), 1, 2, False),
+    "video": ((2, 4, 4), (2, 2, 2), 0, 2, False),
+}
+
+
+@pytest.mark.parametrize("case", list(EXPLICIT_CASES))
+def test_explicit_node_matches_autograd_and_keeps_less(case):
+    """The explicit path's autograd node gives autograd's outputs and gradients (for q, k, v
+    and the rel-pos tables) and keeps less for backward than autograd through the same ops."""
+    q_shape, k_shape, p, heads, masked = EXPLICIT_CASES[case]
+    ndim = len(q_shape)
+    torch.manual_seed(0)
+    attn = MultiScaleAttention(
+        16 * heads, 16 * heads, heads, pool_kernel=(3,) * ndim, use_rel_pos=True,
+        rel_pos_zero_init=False, input_size=q_shape, stride_kv=q_shape[-1] // k_shape[-1],
+        num_prefix=p,
+    )
+    lq, lk = p + math.prod(q_shape), p + math.prod(k_shape)
+    q, k, v = torch.randn(3, heads, lq, 16), torch.randn(3, heads, lk, 16), torch.randn(3, heads, lk, 16)
+    mask = torch.rand(3, 1, lq, lk) > 0.3 if masked else None
+    if mask is not None:
+        mask[..., 0] = True  # no fully masked row
+    weight = torch.randn(3, heads, lq, 16)
+    results = []
+    for node in (True, False):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        attn.zero_grad()
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(
+            lambda t: saved.append(t.untyped_storage()) or t, lambda t: t
+        ):
+            if node:
+                out = attn.attend(*leaves, q_shape, k_shape, mask, impl="explicit")
+            else:
+                out, _ = attn._explicit(*leaves, q_shape, k_shape, mask,
+                                        attn._rel_lookups(q_shape, k_shape))
+        (out * weight).sum().backward()
+        stored = sum({s.data_ptr(): s.nbytes() for s in saved}.values())
+        grads = [t.grad for t in leaves] + [t.grad.clone() for t in attn.rel_pos_tables()]
+        results.append((out.detach(), grads, stored))
+    (out, grads, stored), (ref_out, ref_grads, ref_stored) = results
+    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-4)
+    assert stored < ref_stored
 
 
 def test_explicit_returns_attention_maps():

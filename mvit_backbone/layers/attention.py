@@ -121,20 +121,72 @@ def attention_pool(
     return pool_and_norm(grid), new_shape
 
 
-def _attn_impl_for(impl: str, q: torch.Tensor, use_rel_pos: bool) -> str:
+def _attn_impl_for(impl: str, q: torch.Tensor, use_rel_pos: bool, windowed: bool = False) -> str:
     """Resolve ``attn_impl="auto"`` for one call.
 
     On CPU, SDPA's flash kernel takes an additive bias but only as a constant: when the bias
     needs a gradient (training with rel-pos) SDPA falls back to its math kernel, which is the
-    explicit path plus overhead. The folded form keeps the rel-pos inside q·k, so the flash
-    kernel runs forward and backward and stores no Lq x Lk matrix for backward. On CUDA the
+    explicit path plus overhead. For windows, training then uses the explicit path, whose
+    stored probabilities are small (one window's keys per query) and spare backward the
+    flash kernel's recomputation of q·kᵀ and the softmax. Global attention would store
+    Lq x Lk probabilities; there the folded form keeps the rel-pos inside q·k, so the flash
+    kernel runs forward and backward and stores no Lq x Lk matrix. On CUDA the
     memory-efficient kernel supports a bias with a gradient, so plain SDPA is used there.
     """
     if impl != "auto":
         return impl
     if use_rel_pos and q.device.type == "cpu" and torch.is_grad_enabled() and q.requires_grad:
-        return "folded"
+        return "explicit" if windowed else "folded"
     return "sdpa"
+
+
+class _ExplicitAttention(torch.autograd.Function):
+    """The explicit path as one autograd node that stores q, k, v, the lookups and the
+    attention probabilities, and nothing else: autograd through the plain ops would also keep
+    a scaled copy of q, contiguous copies of q, k and v made by the batched matmuls, and q's
+    reshape for the rel-pos einsums. Backward is the textbook one (softmax backward, then the
+    bias gradient summed onto its per-axis terms).
+    Inputs: explicit (the forward function), q, k, v (Bw, heads, L, C), mask (bool or None),
+    q_shape, k_shape, scale, num_prefix, *lookups. Outputs: the attention output and, not
+    differentiable, the probabilities.
+    """
+
+    @staticmethod
+    def forward(ctx, explicit, q, k, v, mask, q_shape, k_shape, scale, num_prefix, *lookups):
+        out, probs = explicit(q, k, v, q_shape, k_shape, mask, lookups or None)
+        ctx.shapes, ctx.scale, ctx.num_prefix = (q_shape, k_shape), scale, num_prefix
+        ctx.save_for_backward(q, k, v, probs, *lookups)
+        ctx.mark_non_differentiable(probs)
+        return out, probs
+
+    @staticmethod
+    def backward(ctx, grad, _):
+        q, k, v, probs, *lookups = ctx.saved_tensors
+        (q_shape, k_shape), p = ctx.shapes, ctx.num_prefix
+        grad = grad.contiguous()  # read by two matmuls
+        grad_v = probs.transpose(-2, -1) @ grad
+        grad_logits = torch.ops.aten._softmax_backward_data(
+            grad @ v.transpose(-2, -1), probs, -1, probs.dtype
+        )
+        grad_q = (grad_logits @ k).mul_(ctx.scale)
+        grad_k = (grad_logits.transpose(-2, -1) @ q).mul_(ctx.scale)
+        grad_lookups = []
+        if lookups:
+            # the bias is the sum of per-axis terms q·R_a broadcast over the other key axes
+            bw, heads, _, c = q.shape
+            ndim = len(k_shape)
+            axes = EINSUM_AXES[-ndim:]
+            grid = grad_logits[:, :, p:, p:].unflatten(-1, k_shape)
+            q_grid = q[:, :, p:].reshape(bw, heads, *q_shape, c)
+            grad_q_grid = grad_q[:, :, p:].view(bw, heads, *q_shape, c)
+            for a, r in enumerate(lookups):
+                others = [3 + i for i in range(ndim) if i != a]
+                grad_term = grid.sum(others).reshape(bw, heads, *q_shape, k_shape[a])
+                grad_q_grid += torch.einsum(f"bn{axes}k,{axes[a]}kc->bn{axes}c", grad_term, r)
+                grad_lookups.append(torch.einsum(
+                    f"bn{axes}c,bn{axes}k->{axes[a]}kc", q_grid, grad_term
+                ) if ctx.needs_input_grad[9 + a] else None)
+        return (None, grad_q, grad_k, grad_v, None, None, None, None, None, *grad_lookups)
 
 
 class _FoldedFlashAttention(torch.autograd.Function):
@@ -330,6 +382,31 @@ class MultiScaleAttention(nn.Module):
         bias = bias.flatten(3)
         return F.pad(bias, (self.num_prefix, 0)) if self.num_prefix else bias
 
+    def _explicit(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        q_shape: Sequence[int],
+        k_shape: Sequence[int],
+        mask: torch.Tensor | None,
+        lookups: Sequence[torch.Tensor] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """softmax(q·kᵀ·scale + bias) · v by matmuls: (output, probabilities). The rel-pos
+        terms are added to the logits in place, axis by axis, so no Lq x Lk bias is built."""
+        logits = (q * self.scale) @ k.transpose(-2, -1)
+        if lookups is not None:
+            ndim = len(k_shape)
+            grid = logits[..., self.num_prefix:].unflatten(-1, k_shape)
+            for a, term in enumerate(self._rel_terms(q, q_shape, lookups)):
+                view = [1] * ndim
+                view[a] = k_shape[a]
+                grid.add_(term.reshape(*term.shape[:-1], *view))
+        if mask is not None:
+            logits.masked_fill_(~mask, float("-inf"))
+        probs = logits.softmax(dim=-1)
+        return probs @ v, probs
+
     def _key_codes(self, k: torch.Tensor, k_shape: Sequence[int]) -> list[torch.Tensor]:
         """Per axis a, the one-hot position of every key along a: (p + Lk, k_len_a), zero rows
         for class tokens, so that ``[q, q·R_h, q·R_w] · [k, e_h, e_w] = q·k + bias``."""
@@ -394,13 +471,13 @@ class MultiScaleAttention(nn.Module):
         if return_attn and impl != "explicit":
             raise ValueError("attention maps are only available from the explicit path")
         if impl == "explicit":
-            attn = (q * self.scale) @ k.transpose(-2, -1)
-            if lookups is not None:
-                attn = attn + self._rel_bias(self._rel_terms(q, q_shape, lookups), k_shape)
-            if mask is not None:
-                attn = attn.masked_fill(~mask, float("-inf"))
-            attn = attn.softmax(dim=-1)
-            out = attn @ v
+            if recompute_in_backward() and not torch.is_autocast_enabled(q.device.type):
+                out, attn = _ExplicitAttention.apply(
+                    self._explicit, q, k, v, mask, q_shape, k_shape, self.scale,
+                    self.num_prefix, *(lookups or ()),
+                )
+            else:
+                out, attn = self._explicit(q, k, v, q_shape, k_shape, mask, lookups)
             return (out, attn) if return_attn else out
         if impl == "folded" and lookups is not None:
             if q.device.type == "cpu" and recompute_in_backward():
@@ -491,12 +568,12 @@ class MultiScaleAttention(nn.Module):
             ):
                 lookups = None if full is None else [full[0][:qh, :kh], full[1][:qw, :kw]]
                 out = self.attend(
-                    partition_run(qs, qh, qw).transpose(1, 2),
-                    partition_run(ks, kh, kw).transpose(1, 2),
-                    partition_run(vs, kh, kw).transpose(1, 2),
+                    partition_run(qs, qh, qw),
+                    partition_run(ks, kh, kw),
+                    partition_run(vs, kh, kw),
                     (qh, qw), (kh, kw), mask, impl, lookups,
                 )
-                out_cols.append(unpartition_run(out.transpose(1, 2), b, nr, nc, qh, qw))
+                out_cols.append(unpartition_run(out, b, nr, nc, qh, qw))
             out_rows.append(torch.cat(out_cols, dim=2) if len(out_cols) > 1 else out_cols[0])
         out = torch.cat(out_rows, dim=1) if len(out_rows) > 1 else out_rows[0]
         if shifted:
@@ -565,7 +642,7 @@ class MultiScaleAttention(nn.Module):
         q, k, v = pooled
         q_shape, k_shape = shapes[0], shapes[-1]
         # q, k, v: (B, p + L, heads, C)
-        impl = _attn_impl_for(self.attn_impl, q, self.use_rel_pos)
+        impl = _attn_impl_for(self.attn_impl, q, self.use_rel_pos, bool(self.window_size))
         if self.window_size:
             out = self._windowed(q, k, v, q_shape, k_shape, impl)
         else:

@@ -25,4 +25,6 @@ class PatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
         x = self.proj(x)
         shape = tuple(x.shape[2:])
-        return x.flatten(2).transpose(1, 2), shape
+        # one copy to contiguous tokens here; a transposed view would make every op of the
+        # first blocks (adds, norms, Linear inputs) produce or copy strided tensors
+        return x.flatten(2).transpose(1, 2).contiguous(), shape

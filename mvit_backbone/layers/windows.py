@@ -118,21 +118,21 @@ def window_runs(
 
 
 def partition_run(x: torch.Tensor, h_win: int, w_win: int) -> torch.Tensor:
-    """(B, nh * h_win, nw * w_win, *rest) -> (B * nh * nw, h_win * w_win, *rest).
+    """(B, nh * h_win, nw * w_win, heads, C) -> (B * nh * nw, heads, h_win * w_win, C).
 
-    Windows of any (not necessarily square) size; ``rest`` (heads, channels) stays innermost,
-    so the copy moves whole head vectors.
+    Windows of any (not necessarily square) size, in the (batch, heads, tokens, channels)
+    layout the attention matmuls read without another copy; the one copy made here moves
+    whole head vectors (C contiguous channels).
     """
-    b, hh, ww = x.shape[:3]
-    rest = x.shape[3:]
+    b, hh, ww, heads, c = x.shape
     nh, nw = hh // h_win, ww // w_win
-    x = x.reshape(b, nh, h_win, nw, w_win, *rest).transpose(2, 3)
-    return x.reshape(b * nh * nw, h_win * w_win, *rest)
+    x = x.reshape(b, nh, h_win, nw, w_win, heads, c).permute(0, 1, 3, 5, 2, 4, 6)
+    return x.reshape(b * nh * nw, heads, h_win * w_win, c)
 
 
 def unpartition_run(x: torch.Tensor, batch: int, nh: int, nw: int, h_win: int, w_win: int) -> torch.Tensor:
-    """Inverse of :func:`partition_run`: (B * nh * nw, h_win * w_win, *rest) -> (B, nh * h_win,
-    nw * w_win, *rest)."""
-    rest = x.shape[2:]
-    x = x.reshape(batch, nh, nw, h_win, w_win, *rest).transpose(2, 3)
-    return x.reshape(batch, nh * h_win, nw * w_win, *rest)
+    """Inverse of :func:`partition_run`: (B * nh * nw, heads, h_win * w_win, C) -> (B,
+    nh * h_win, nw * w_win, heads, C)."""
+    heads, c = x.shape[1], x.shape[3]
+    x = x.reshape(batch, nh, nw, heads, h_win, w_win, c).permute(0, 1, 4, 2, 5, 3, 6)
+    return x.reshape(batch, nh * h_win, nw * w_win, heads, c)
