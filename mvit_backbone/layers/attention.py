@@ -157,11 +157,15 @@ class _ExplicitAttention(torch.autograd.Function):
         ctx.shapes, ctx.scale, ctx.num_prefix = (q_shape, k_shape), scale, num_prefix
         ctx.save_for_backward(q, k, v, probs, *lookups)
         ctx.mark_non_differentiable(probs)
+        # no zero-filled gradient for the probabilities, an Lq x Lk tensor per call
+        ctx.set_materialize_grads(False)
         return out, probs
 
     @staticmethod
     def backward(ctx, grad, _):
         q, k, v, probs, *lookups = ctx.saved_tensors
+        if grad is None:  # the output does not reach the loss
+            return (None,) * (9 + len(lookups))
         (q_shape, k_shape), p = ctx.shapes, ctx.num_prefix
         grad = grad.contiguous()  # read by two matmuls
         grad_v = probs.transpose(-2, -1) @ grad
