@@ -338,11 +338,13 @@ def page_faults(variant: str, height: int, width: int, batch: int, mode: str,
 
 
 # the kernels that bound our step from below: matmuls (Linear layers forward and backward) and
-# the attention kernel
+# the attention kernels (the flash kernel of global attention; the batched matmuls and softmax
+# of the explicit window attention in training)
 FLOOR_KERNELS = {
     "matmul": ("mkldnn::_linear_pointwise", "aten::mm", "aten::addmm", "aten::addmm_"),
     "attention": ("aten::_scaled_dot_product_flash_attention_for_cpu",
-                  "aten::_scaled_dot_product_flash_attention_for_cpu_backward"),
+                  "aten::_scaled_dot_product_flash_attention_for_cpu_backward",
+                  "aten::bmm", "aten::_softmax", "aten::_softmax_backward_data"),
 }
 
 

@@ -14,7 +14,8 @@ the one-hot codes of its row and column), which needs no Lq x Lk bias at all.
 
 Training keeps little for backward: the pooled tensors before their norms are recomputed
 (checkpointed conv + norm), blocks that pool the query recompute their whole qkv projection
-(Q apart from K/V), and the folded attention on CPU stores its unfolded operands.
+(Q apart from K/V), the folded attention on CPU stores its unfolded operands, and the explicit
+attention (window blocks) stores q, k, v and the probabilities only.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .linear import Linear, norm_linear, recompute_in_backward
+from .linear import Linear, eager_mode, norm_linear, recompute_in_backward
 from .rel_pos import EINSUM_AXES, rel_pos_lookup
 from .windows import partition_run, shifted_window_mask, unpartition_run, window_runs
 
@@ -169,8 +170,10 @@ class _ExplicitAttention(torch.autograd.Function):
         (q_shape, k_shape), p = ctx.shapes, ctx.num_prefix
         grad = grad.contiguous()  # read by two matmuls
         grad_v = probs.transpose(-2, -1) @ grad
-        grad_logits = torch.ops.aten._softmax_backward_data(
-            grad @ v.transpose(-2, -1), probs, -1, probs.dtype
+        grad_logits = grad @ v.transpose(-2, -1)
+        # softmax backward in place (row by row): one Lq x Lk buffer instead of two
+        torch.ops.aten._softmax_backward_data.out(
+            grad_logits, probs, -1, probs.dtype, grad_input=grad_logits
         )
         grad_q = (grad_logits @ k).mul_(ctx.scale)
         grad_k = (grad_logits.transpose(-2, -1) @ q).mul_(ctx.scale)
@@ -250,8 +253,9 @@ class MultiScaleAttention(nn.Module):
         use_rel_pos: decomposed relative position embeddings ``rel_pos_h``/``rel_pos_w``
             (``rel_pos_t`` too for 3-D), sized for ``input_size`` (the block's input grid).
         num_prefix: number of class tokens in front of the spatial tokens (0 or 1).
-        attn_impl: "auto" (default: SDPA, or on CPU with gradients and rel-pos the folded form),
-            "sdpa", "folded" or "explicit"; all give the same result up to float rounding.
+        attn_impl: "auto" (default: SDPA; on CPU with gradients and rel-pos, explicit in
+            windows and folded in global attention), "sdpa", "folded" or "explicit"; all give
+            the same result up to float rounding.
         window_padding: "detectron2" (default): keys/values are zero-padded to whole windows
             and those zero keys take part in the softmax, exactly as detectron2 does; padded
             queries are not computed (their outputs are cropped), which changes nothing.
@@ -408,7 +412,12 @@ class MultiScaleAttention(nn.Module):
                 grid.add_(term.reshape(*term.shape[:-1], *view))
         if mask is not None:
             logits.masked_fill_(~mask, float("-inf"))
-        probs = logits.softmax(dim=-1)
+        if torch.is_grad_enabled() or not eager_mode() or torch.is_autocast_enabled(q.device.type):
+            probs = logits.softmax(dim=-1)
+        else:
+            # nothing keeps the logits (inference, or the autograd node's forward): the
+            # probabilities overwrite them, row by row, so one Lq x Lk buffer serves both
+            probs = torch.ops.aten._softmax.out(logits, -1, False, out=logits)
         return probs @ v, probs
 
     def _key_codes(self, k: torch.Tensor, k_shape: Sequence[int]) -> list[torch.Tensor]:
