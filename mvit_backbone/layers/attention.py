@@ -380,12 +380,9 @@ class MultiScaleAttention(nn.Module):
 
     def _rel_bias(self, terms: Sequence[torch.Tensor], k_shape: Sequence[int]) -> torch.Tensor:
         """The decomposed bias (Bw, heads, p + Lq, p + Lk) broadcast from the per-axis terms."""
-        ndim = len(k_shape)
         bias = None
         for a, term in enumerate(terms):
-            view = [1] * ndim
-            view[a] = k_shape[a]
-            term = term.reshape(*term.shape[:-1], *view)
+            term = _on_key_axis(term, a, k_shape)
             bias = term if bias is None else bias + term
         bias = bias.flatten(3)
         return F.pad(bias, (self.num_prefix, 0)) if self.num_prefix else bias
@@ -404,12 +401,9 @@ class MultiScaleAttention(nn.Module):
         terms are added to the logits in place, axis by axis, so no Lq x Lk bias is built."""
         logits = (q * self.scale) @ k.transpose(-2, -1)
         if lookups is not None:
-            ndim = len(k_shape)
             grid = logits[..., self.num_prefix:].unflatten(-1, k_shape)
             for a, term in enumerate(self._rel_terms(q, q_shape, lookups)):
-                view = [1] * ndim
-                view[a] = k_shape[a]
-                grid.add_(term.reshape(*term.shape[:-1], *view))
+                grid.add_(_on_key_axis(term, a, k_shape))
         if mask is not None:
             logits.masked_fill_(~mask, float("-inf"))
         if torch.is_grad_enabled() or not eager_mode() or torch.is_autocast_enabled(q.device.type):
@@ -667,6 +661,14 @@ class MultiScaleAttention(nn.Module):
             # the class token takes part too, as in the official image models (and timm)
             out = out + q
         return self.proj(out.reshape(b, -1, out.shape[2] * out.shape[3])), q_shape
+
+
+def _on_key_axis(term: torch.Tensor, axis: int, k_shape: Sequence[int]) -> torch.Tensor:
+    """A per-axis rel-pos term (..., k_shape[axis]) viewed on the key grid: (..., 1, ...,
+    k_shape[axis], ..., 1), broadcast over the other key axes."""
+    view = [1] * len(k_shape)
+    view[axis] = k_shape[axis]
+    return term.reshape(*term.shape[:-1], *view)
 
 
 def _pad_grid(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
