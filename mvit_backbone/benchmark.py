@@ -293,22 +293,29 @@ def compile_speedup(
                 eager_s=eager_s, compiled_s=compiled_s, speedup=eager_s / compiled_s)
 
 
+# window batches of the Hwin models at 1024² (windows, heads, query window, key window):
+# MViTv2-T stage 1 (25 windows of 56² queries, 14² pooled keys, one head) and MViTv2-B stage 3
+# (16 windows of 14² queries and keys, four heads); 96 channels per head in both
+WINDOW_BATCHES = {"T stage 1": (25, 1, 56, 14), "B stage 3": (16, 4, 14, 14)}
+
+
 def attention_kernels(
-    windows: int = 25, q_window: int = 56, kv_window: int = 14, dim: int = 96,
+    windows: int = 25, heads: int = 1, q_window: int = 56, kv_window: int = 14, dim: int = 96,
     repeats: int = 5, device: str = "cpu",
 ) -> dict[str, dict[str, float]]:
     """Median seconds of one window batch through each ``attn_impl`` ("fwd" under no_grad and
-    "fwd+bwd"), by default a stage-1 Hwin batch of MViTv2-T at 1024²: 25 windows of 56² queries
-    and 14² keys, 96 channels, one head, with rel-pos."""
+    "fwd+bwd"), and the forward's GFLOP/s counting q·kᵀ and p·v only ("fwd_gflops"), by
+    default a stage-1 Hwin batch of MViTv2-T at 1024² (``WINDOW_BATCHES``), with rel-pos."""
     from .layers import MultiScaleAttention
 
     torch.manual_seed(0)
-    attn = MultiScaleAttention(dim, dim, 1, stride_kv=q_window // kv_window, window_size=q_window,
-                               use_rel_pos=True, rel_pos_zero_init=False,
+    attn = MultiScaleAttention(dim * heads, dim * heads, heads, stride_kv=q_window // kv_window,
+                               window_size=q_window, use_rel_pos=True, rel_pos_zero_init=False,
                                input_size=(q_window, q_window)).to(device)
-    q = torch.randn(windows, 1, q_window**2, dim, device=device)
-    k, v = (torch.randn(windows, 1, kv_window**2, dim, device=device) for _ in range(2))
+    q = torch.randn(windows, heads, q_window**2, dim, device=device)
+    k, v = (torch.randn(windows, heads, kv_window**2, dim, device=device) for _ in range(2))
     shapes = ((q_window, q_window), (kv_window, kv_window))
+    gflop = 4 * windows * heads * q_window**2 * kv_window**2 * dim / 1e9
     results: dict[str, dict[str, float]] = {}
     for impl in ("explicit", "sdpa", "folded"):
         times: dict[str, list[float]] = {"fwd": [], "fwd+bwd": []}
@@ -322,6 +329,7 @@ def attention_kernels(
             attn.attend(qg, kg, vg, *shapes, impl=impl).sum().backward()
             times["fwd+bwd"].append(time.perf_counter() - start)
         results[impl] = {mode: statistics.median(t[1:]) for mode, t in times.items()}
+        results[impl]["fwd_gflops"] = gflop / results[impl]["fwd"]
     return results
 
 

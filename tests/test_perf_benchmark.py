@@ -65,3 +65,15 @@ def test_kernel_floor_counts_matmul_and_attention_kernels_of_a_training_step():
     assert row["matmul_s"] > 0 and row["attention_s"] > 0
     assert row["floor_ratio"] == pytest.approx((row["matmul_s"] + row["attention_s"]) / row["d2_s"])
     assert row["time_ratio"] == pytest.approx(row["ours_s"] / row["d2_s"])
+
+
+def test_attention_kernels_time_every_implementation_with_its_flop_rate():
+    from mvit_backbone.benchmark import attention_kernels
+
+    windows, heads, q_window, kv_window, dim = 2, 2, 8, 4, 16
+    result = attention_kernels(windows, heads, q_window, kv_window, dim=dim, repeats=1)
+    assert set(result) == {"explicit", "sdpa", "folded"}
+    gflop = 4 * windows * heads * q_window**2 * kv_window**2 * dim / 1e9
+    for times in result.values():
+        assert times["fwd"] > 0 and times["fwd+bwd"] > 0
+        assert times["fwd_gflops"] == pytest.approx(gflop / times["fwd"])

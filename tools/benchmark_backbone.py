@@ -15,6 +15,7 @@ import torch
 
 from mvit_backbone.benchmark import (
     MODES,
+    WINDOW_BATCHES,
     attention_kernels,
     build_pair,
     compile_speedup,
@@ -50,8 +51,8 @@ def main() -> None:
     p.add_argument("--compile", action="store_true",
                    help="instead: eager vs torch.compile forward of ours at the first size/batch")
     p.add_argument("--kernels", action="store_true",
-                   help="instead: one stage-1 window batch through each attention implementation, "
-                        "and (CPU) the Linear shapes on MKL and oneDNN")
+                   help="instead: two window batches (T stage 1, B stage 3) through each attention "
+                        "implementation, and (CPU) the Linear shapes on MKL and oneDNN")
     p.add_argument("--saved", action="store_true",
                    help="instead: MiB saved for backward by both models, per variant/size/batch")
     p.add_argument("--faults", action="store_true",
@@ -94,7 +95,9 @@ def main() -> None:
                         print(json.dumps(kernel_floor(variant, h, w, batch, mode, args.repeats)))
         return
     if args.kernels:
-        print(json.dumps(attention_kernels(repeats=args.repeats, device=args.device), indent=1))
+        for name, (windows, heads, q_window, kv_window) in WINDOW_BATCHES.items():
+            print(name, json.dumps(attention_kernels(windows, heads, q_window, kv_window,
+                                                     repeats=args.repeats, device=args.device)))
         if args.device == "cpu":
             for row in linear_kernels(repeats=args.repeats):
                 print(json.dumps(row))
