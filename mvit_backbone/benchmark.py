@@ -300,12 +300,12 @@ WINDOW_BATCHES = {"T stage 1": (25, 1, 56, 14), "B stage 3": (16, 4, 14, 14)}
 
 
 def attention_kernels(
-    windows: int = 25, heads: int = 1, q_window: int = 56, kv_window: int = 14, dim: int = 96,
+    windows: int, heads: int, q_window: int, kv_window: int, dim: int = 96,
     repeats: int = 5, device: str = "cpu",
 ) -> dict[str, dict[str, float]]:
-    """Median seconds of one window batch through each ``attn_impl`` ("fwd" under no_grad and
-    "fwd+bwd"), and the forward's GFLOP/s counting q·kᵀ and p·v only ("fwd_gflops"), by
-    default a stage-1 Hwin batch of MViTv2-T at 1024² (``WINDOW_BATCHES``), with rel-pos."""
+    """Median seconds of one window batch (e.g. one of ``WINDOW_BATCHES``), with rel-pos,
+    through each ``attn_impl`` ("fwd" under no_grad and "fwd+bwd"), and the forward's
+    GFLOP/s counting q·kᵀ and p·v only ("fwd_gflops")."""
     from .layers import MultiScaleAttention
 
     torch.manual_seed(0)
