@@ -25,7 +25,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from .layers import MultiScaleBlock, PatchEmbed
+from .kernels import check_policy, run_block
+from .layers import AttentionConfig, BlockConfig, MultiScaleBlock, PatchEmbed
 
 WINDOW_MODES = ("hwin", "swin", "window", "none")
 
@@ -52,37 +53,49 @@ def mvitv2_variant(name: str) -> dict:
     return dict(MVITV2_VARIANTS[key])
 
 
-def interpolate_abs_pos(pos: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """Square absolute position grid (1, N, C) -> (1, prod(shape), C), bicubic when resized."""
+def interpolate_abs_pos(
+    pos: torch.Tensor, shape: Sequence[int], src_shape: Sequence[int] | None = None
+) -> torch.Tensor:
+    """Absolute position grid (1, N, C) of ``src_shape`` (default: a square 2-D grid) ->
+    (1, prod(shape), C), bicubic (2-D) or trilinear (3-D) when resized."""
     n = pos.shape[1]
-    side = int(math.sqrt(n))
-    if side * side != n:
-        raise ValueError(f"absolute position embedding of {n} tokens is not a square grid")
-    if tuple(shape) == (side, side):
+    if src_shape is None:
+        side = int(math.sqrt(n))
+        if side * side != n:
+            raise ValueError(f"absolute position embedding of {n} tokens is not a square grid")
+        src_shape = (side, side)
+    if tuple(shape) == tuple(src_shape):
         return pos
-    grid = pos.reshape(1, side, side, -1).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid, size=tuple(shape), mode="bicubic", align_corners=False)
+    grid = pos.reshape(1, *src_shape, -1).movedim(-1, 1)
+    mode = "bicubic" if len(src_shape) == 2 else "trilinear"
+    grid = F.interpolate(grid, size=tuple(shape), mode=mode, align_corners=False)
     # contiguous tokens: added to the patch tokens, a transposed view would make the sum (and
     # so the first blocks' tensors) strided
     return grid.flatten(2).transpose(1, 2).contiguous()
 
 
 class MViTTrunk(nn.Module):
-    """Patch embedding and MViT blocks. Arguments and defaults follow detectron2's ``MViT``.
+    """Patch (or cube) embedding and MViT blocks. Arguments and defaults follow detectron2's
+    ``MViT``; 3-D (video) when ``patch_kernel`` has three entries.
 
     Extra arguments:
         window_mode: "hwin" | "swin" | "window" | "none" (see the module docstring).
+        window_padding: "detectron2" (default, detectron2's results) | "minimal" (no padded
+            windows; differs from detectron2 where the pooled grids are not window multiples).
         pool_mode: "conv" (MViTv2), "max" or "avg" pooling of Q/K/V (MViTv1 options).
         use_cls_token: prepend a class token (MViTv1 and classification checkpoints).
         expand_in_attention: channel expansion in the attention of a stage's first block (v2)
             instead of in the MLP of a stage's last block (v1).
-        attn_impl: "auto" | "sdpa" | "folded" | "explicit": how attention is computed (same
-            result; see :class:`~mvit_backbone.layers.MultiScaleAttention`).
-        window_padding: "detectron2" (default, detectron2's results) | "minimal" (no padded
-            windows; differs from detectron2 where the pooled grids are not window multiples).
+        num_frames: clip length the model is built for (3-D only; sets the rel-pos tables and
+            the absolute positions, which interpolate to other lengths).
+        kernels: execution policy, "auto" (default) or "reference" (plain PyTorch); same result
+            (see :mod:`mvit_backbone.kernels`).
 
-    Shapes: ``forward_stages(x (B, C, H, W))`` returns, per stage, tokens (B, [1 +] H_s * W_s,
-    C_s) and the grid (H_s, W_s).
+    In 3-D, pooling kernels, strides and windows apply per (t, h, w) axis: the query is pooled
+    in space only at stage transitions (1, 2, 2), the adaptive K/V stride is (1, s, s).
+
+    Shapes: ``forward_stages(x (B, C, H, W) or (B, C, T, H, W))`` returns, per stage, tokens
+    (B, [1 +] prod(grid_s), C_s) and the grid ((T_s,) H_s, W_s).
     """
 
     def __init__(
@@ -112,17 +125,25 @@ class MViTTrunk(nn.Module):
         pretrain_img_size: int = 224,
         pretrain_use_cls_token: bool = True,
         window_mode: str = "hwin",
+        window_padding: str = "detectron2",
         pool_mode: str = "conv",
         use_cls_token: bool = False,
         expand_in_attention: bool = True,
-        attn_impl: str = "auto",
-        window_padding: str = "detectron2",
+        num_frames: int = 16,
+        kernels: str = "auto",
     ):
         super().__init__()
         if window_mode not in WINDOW_MODES:
             raise ValueError(f"window_mode must be one of {WINDOW_MODES}, got {window_mode!r}")
         if len(last_block_indexes) < 1 or max(last_block_indexes) >= depth:
             raise ValueError(f"last_block_indexes {last_block_indexes} do not fit depth {depth}")
+        ndim = len(patch_kernel)
+        if len(patch_stride) != ndim or len(patch_padding) != ndim or len(qkv_pool_kernel) != ndim:
+            raise ValueError("patch_kernel, patch_stride, patch_padding and qkv_pool_kernel "
+                             f"need one entry per grid axis ({ndim})")
+        if ndim == 3 and window_mode != "none":
+            raise ValueError("video (3-D) models use global attention: window_mode='none'")
+        self.kernels = check_policy(kernels)
         self.in_chans = in_chans
         self.patch_kernel = tuple(patch_kernel)
         self.patch_stride = tuple(patch_stride)
@@ -135,80 +156,35 @@ class MViTTrunk(nn.Module):
         self.patch_embed = PatchEmbed(patch_kernel, patch_stride, patch_padding, in_chans, embed_dim)
         if use_cls_token:
             self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        # the grid the model is built for, and the one its absolute positions were trained on
+        frames = (num_frames,) if ndim == 3 else ()
+        input_size = [n // s for n, s in zip(frames + (img_size,) * 2, patch_stride)]
+        self._pos_grid = tuple(n // s for n, s in zip(frames + (pretrain_img_size,) * 2, patch_stride))
         self.pos_embed = None
         self._pos_has_cls = use_cls_token or pretrain_use_cls_token
         if use_abs_pos:
-            grid = [pretrain_img_size // s for s in patch_stride]
             self.pos_embed = nn.Parameter(
-                torch.zeros(1, math.prod(grid) + int(self._pos_has_cls), embed_dim)
+                torch.zeros(1, math.prod(self._pos_grid) + int(self._pos_has_cls), embed_dim)
             )
 
-        # stochastic depth grows linearly with depth (plain floats: works on the meta device too)
-        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
-        ends = self._last_block_indexes
-        stage_starts = {0} | {i + 1 for i in ends}
-        input_size = [img_size // s for s in patch_stride]
-        window = adaptive_window_size
-        stride_kv = adaptive_kv_stride
-        dim, heads = embed_dim, num_heads
-        self.stage_channels: list[int] = []
-        self.stage_strides: list[int] = []
-        stride = patch_stride[0]
-        self.blocks = nn.ModuleList()
-        index_in_stage = 0
-        for i in range(depth):
-            pooled = i > 0 and i - 1 in ends
-            if expand_in_attention:
-                dim_out = dim * 2 if pooled else dim
-            else:
-                dim_out = dim * 2 if (i in ends and i != ends[-1]) else dim
-            block_kv = stride_kv
-            block_window = window
-            if window_mode == "hwin":
-                if i in ends[1:3]:
-                    block_kv = stride_kv * 2
-                if i in ends[1:]:
-                    block_window = 0
-            elif window_mode == "none":
-                block_window = 0
-            index_in_stage = 0 if i in stage_starts else index_in_stage + 1
-            self.blocks.append(
-                MultiScaleBlock(
-                    dim=dim,
-                    dim_out=dim_out,
-                    num_heads=heads,
-                    mlp_ratio=mlp_ratio,
-                    qkv_bias=qkv_bias,
-                    drop_path=dpr[i],
-                    norm_layer=norm_layer,
-                    act_layer=act_layer,
-                    qkv_pool_kernel=qkv_pool_kernel,
-                    stride_q=2 if pooled else 1,
-                    stride_kv=block_kv,
-                    pool_mode=pool_mode,
-                    residual_pooling=residual_pooling,
-                    window_size=block_window,
-                    shift_windows=window_mode == "swin" and index_in_stage % 2 == 1,
-                    use_rel_pos=use_rel_pos,
-                    rel_pos_zero_init=rel_pos_zero_init,
-                    input_size=input_size,
-                    num_prefix=self.num_prefix,
-                    expand_in_attention=expand_in_attention,
-                    attn_impl=attn_impl,
-                    window_padding=window_padding,
-                )
-            )
-            dim = dim_out
-            if i in ends:
-                self.stage_channels.append(dim_out)
-                self.stage_strides.append(stride)
-                heads *= 2
-                stride_kv = max(stride_kv // 2, 1)
-                stride *= 2
-            if pooled:
-                window //= 2
-                input_size = [s // 2 for s in input_size]
-        self.num_features = dim
+        self.block_configs = block_configs(
+            ndim=ndim, input_size=input_size, embed_dim=embed_dim, depth=depth,
+            num_heads=num_heads, last_block_indexes=self._last_block_indexes,
+            window_mode=window_mode, adaptive_window_size=adaptive_window_size,
+            adaptive_kv_stride=adaptive_kv_stride, drop_path_rate=drop_path_rate,
+            expand_in_attention=expand_in_attention, mlp_ratio=mlp_ratio,
+            norm_layer=norm_layer, act_layer=act_layer,
+            attention=dict(
+                qkv_bias=qkv_bias, pool_kernel=tuple(qkv_pool_kernel), pool_mode=pool_mode,
+                residual_pooling=residual_pooling, window_padding=window_padding,
+                use_rel_pos=use_rel_pos, rel_pos_zero_init=rel_pos_zero_init,
+                num_prefix=self.num_prefix,
+            ),
+        )
+        self.blocks = nn.ModuleList(MultiScaleBlock(cfg) for cfg in self.block_configs)
+        self.stage_channels = [self.block_configs[i].dim_out for i in self._last_block_indexes]
+        self.stage_strides = [patch_stride[-1] * 2**s for s in range(len(self._last_block_indexes))]
+        self.num_features = self.block_configs[-1].dim_out
 
         if self.pos_embed is not None:
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
@@ -244,7 +220,7 @@ class MViTTrunk(nn.Module):
         size = tuple(x.shape[2:])
         if any(s < p for s, p in zip(size, self.patch_stride)):
             raise ValueError(
-                f"input of spatial size {size} is smaller than one patch {self.patch_stride}"
+                f"input of size {size} is smaller than one patch {self.patch_stride}"
             )
 
     def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
@@ -254,7 +230,7 @@ class MViTTrunk(nn.Module):
             pos = self.pos_embed
             cls_pos = pos[:, :1] if self._pos_has_cls else None
             spatial = pos[:, 1:] if self._pos_has_cls else pos
-            x = x + interpolate_abs_pos(spatial, shape)
+            x = x + interpolate_abs_pos(spatial, shape, self._pos_grid)
         if self.num_prefix:
             cls = self.cls_token.expand(x.shape[0], -1, -1)
             if self.pos_embed is not None:
@@ -262,10 +238,11 @@ class MViTTrunk(nn.Module):
             x = torch.cat([cls, x], dim=1)
         return x, shape
 
-    def _run_block(self, block: nn.Module, x: torch.Tensor, shape: tuple[int, ...]):
+    def _run_block(self, block: MultiScaleBlock, x: torch.Tensor, shape: tuple[int, ...]):
         if self.use_act_checkpoint and self.training and torch.is_grad_enabled():
-            return torch.utils.checkpoint.checkpoint(block, x, shape, use_reentrant=False)
-        return block(x, shape)
+            return torch.utils.checkpoint.checkpoint(
+                run_block, self.kernels, block, x, shape, use_reentrant=False)
+        return run_block(self.kernels, block, x, shape)
 
     def forward_stages(self, x: torch.Tensor) -> list[tuple[torch.Tensor, tuple[int, ...]]]:
         """Run the trunk; return (tokens, grid shape) at the end of every stage."""
@@ -276,3 +253,75 @@ class MViTTrunk(nn.Module):
             if i in self._last_block_indexes:
                 outputs.append((x, shape))
         return outputs
+
+
+def block_configs(
+    ndim: int,
+    input_size: Sequence[int],
+    embed_dim: int,
+    depth: int,
+    num_heads: int,
+    last_block_indexes: Sequence[int],
+    window_mode: str,
+    adaptive_window_size: int,
+    adaptive_kv_stride: int,
+    drop_path_rate: float,
+    expand_in_attention: bool,
+    mlp_ratio: float,
+    norm_layer: Callable[[int], nn.Module],
+    act_layer: Callable[[], nn.Module],
+    attention: dict,
+) -> list[BlockConfig]:
+    """Per-block options of an MViT: stages end at ``last_block_indexes``; the next block pools
+    the query by 2 in space, doubles the channels (in its attention, or in v1 the MLP of the
+    stage's last block), and heads double and the K/V stride and window halve per stage.
+    ``attention``: the options every block's :class:`AttentionConfig` shares."""
+    ends = tuple(last_block_indexes)
+    stage_starts = {0} | {i + 1 for i in ends}
+    time_axes = (1,) * (ndim - 2)  # video: no pooling in time
+    input_size = list(input_size)
+    window, stride_kv, dim, heads = adaptive_window_size, adaptive_kv_stride, embed_dim, num_heads
+    index_in_stage = 0
+    configs = []
+    for i in range(depth):
+        pooled = i > 0 and i - 1 in ends
+        if expand_in_attention:
+            dim_out = dim * 2 if pooled else dim
+        else:
+            dim_out = dim * 2 if (i in ends and i != ends[-1]) else dim
+        block_kv, block_window = stride_kv, window
+        if window_mode == "hwin":
+            if i in ends[1:3]:
+                block_kv = stride_kv * 2
+            if i in ends[1:]:
+                block_window = 0
+        elif window_mode == "none":
+            block_window = 0
+        index_in_stage = 0 if i in stage_starts else index_in_stage + 1
+        configs.append(BlockConfig(
+            dim=dim,
+            dim_out=dim_out,
+            mlp_ratio=mlp_ratio,
+            # stochastic depth grows linearly with depth
+            drop_path=drop_path_rate * i / max(depth - 1, 1),
+            expand_in_attention=expand_in_attention,
+            norm_layer=norm_layer,
+            act_layer=act_layer,
+            attention=AttentionConfig(
+                num_heads=heads,
+                stride_q=time_axes + ((2, 2) if pooled else (1, 1)),
+                stride_kv=time_axes + (block_kv,) * 2,
+                window_size=block_window,
+                shift_windows=window_mode == "swin" and index_in_stage % 2 == 1,
+                input_size=tuple(input_size),
+                **attention,
+            ),
+        ))
+        dim = dim_out
+        if i in ends:
+            heads *= 2
+            stride_kv = max(stride_kv // 2, 1)
+        if pooled:
+            window //= 2
+            input_size[-2:] = [s // 2 for s in input_size[-2:]]
+    return configs

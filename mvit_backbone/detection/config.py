@@ -1,6 +1,7 @@
 """yacs support: ``cfg.MODEL.MVITV2`` and the detectron2 backbone builders that read it."""
 from __future__ import annotations
 
+import inspect
 from functools import partial
 
 import torch.nn as nn
@@ -9,44 +10,43 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, FPN
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 
-from ..mvit import mvitv2_variant
+from ..mvit import MViTTrunk, mvitv2_variant
 from .backbone import MViT
 
 
+# Constructor arguments without a yacs key: built from other keys (NORM_EPS, the input shape)
+_NOT_KEYS = ("norm_layer", "act_layer", "in_chans")
+# Architecture keys left at None take the variant's value
+_VARIANT_KEYS = ("embed_dim", "depth", "num_heads", "last_block_indexes")
+# yacs defaults that differ from the constructor's (detectron2's MViTv2 configs)
+_YACS_DEFAULTS = {"drop_path_rate": 0.2}
+
+
+def mvit_arguments() -> dict[str, object]:
+    """Every constructor argument of :class:`MViT` (the trunk's and the backbone's) with its
+    default."""
+    args = {}
+    for cls in (MViTTrunk, MViT):
+        for name, param in inspect.signature(cls.__init__).parameters.items():
+            if param.default is not inspect.Parameter.empty:
+                args[name] = param.default
+    return args
+
+
 def add_mvitv2_config(cfg: CN) -> CN:
-    """Add ``cfg.MODEL.MVITV2``: a variant name plus every constructor argument of MViT.
+    """Add ``cfg.MODEL.MVITV2``: a variant name plus one upper-case key per constructor argument
+    of MViT (generated from its signature, so the two cannot drift), and ``NORM_EPS``.
 
     Architecture keys left at ``None`` take the variant's value (Table 1 of MViTv2).
     """
     c = CN()
     c.VARIANT = "T"
-    c.EMBED_DIM = None
-    c.DEPTH = None
-    c.NUM_HEADS = None
-    c.LAST_BLOCK_INDEXES = None
-    c.IMG_SIZE = 224
-    c.PATCH_KERNEL = (7, 7)
-    c.PATCH_STRIDE = (4, 4)
-    c.PATCH_PADDING = (3, 3)
-    c.QKV_POOL_KERNEL = (3, 3)
-    c.ADAPTIVE_KV_STRIDE = 4
-    c.ADAPTIVE_WINDOW_SIZE = 56
-    c.RESIDUAL_POOLING = True
-    c.MLP_RATIO = 4.0
-    c.QKV_BIAS = True
-    c.DROP_PATH_RATE = 0.2
+    for name, default in mvit_arguments().items():
+        if name in _NOT_KEYS:
+            continue
+        value = None if name in _VARIANT_KEYS else _YACS_DEFAULTS.get(name, default)
+        c[name.upper()] = tuple(value) if isinstance(value, list) else value
     c.NORM_EPS = 1e-6
-    c.USE_ABS_POS = False
-    c.USE_REL_POS = True
-    c.REL_POS_ZERO_INIT = True
-    c.USE_ACT_CHECKPOINT = False
-    c.PRETRAIN_IMG_SIZE = 224
-    c.PRETRAIN_USE_CLS_TOKEN = True
-    c.WINDOW_MODE = "hwin"
-    c.POOL_MODE = "conv"
-    c.ATTN_IMPL = "auto"
-    c.WINDOW_PADDING = "detectron2"
-    c.OUT_FEATURES = ("scale2", "scale3", "scale4", "scale5")
     cfg.MODEL.MVITV2 = c
     return cfg
 

@@ -1,8 +1,17 @@
-"""Building blocks of MViT: pooling attention, windows, relative positions, patch embedding."""
-from .attention import ATTN_IMPLS, WINDOW_PADDINGS, MultiScaleAttention, attention_pool, make_pool
-from .blocks import MultiScaleBlock
+"""What MViT computes, in plain PyTorch: pooling attention, windows, relative positions, blocks,
+patch embedding. (How it is computed fast lives in ``mvit_backbone.kernels``.)"""
+from .attention import (
+    WINDOW_PADDINGS,
+    AttentionConfig,
+    MultiScaleAttention,
+    attend,
+    attention_pool,
+    attention_probs,
+    make_pool,
+)
+from .blocks import BlockConfig, Mlp, MultiScaleBlock
 from .patch_embed import PatchEmbed
-from .rel_pos import rel_pos_bias, rel_pos_lookup, resize_rel_pos
+from .rel_pos import RelPosTerms, rel_pos_lookup, rel_pos_terms, resize_rel_pos
 from .windows import (
     partition_run,
     shifted_window_mask,
@@ -13,16 +22,21 @@ from .windows import (
 )
 
 __all__ = [
-    "ATTN_IMPLS",
     "WINDOW_PADDINGS",
+    "AttentionConfig",
+    "BlockConfig",
+    "Mlp",
     "MultiScaleAttention",
     "MultiScaleBlock",
     "PatchEmbed",
+    "RelPosTerms",
+    "attend",
     "attention_pool",
+    "attention_probs",
     "make_pool",
     "partition_run",
-    "rel_pos_bias",
     "rel_pos_lookup",
+    "rel_pos_terms",
     "resize_rel_pos",
     "shifted_window_mask",
     "unpartition_run",

@@ -1,18 +1,26 @@
-"""Decomposed relative position embeddings (MViTv2 §3.1, Eq. 4).
+"""Decomposed relative position embeddings (MViTv2 §3.1, Eq. 4): the one place they are computed.
 
-The attention logit between query ``i`` and key ``j`` gets ``q_i · (R_h[h(i)-h(j)] + R_w[w(i)-w(j)])``
-(and ``R_t`` for video). One table per axis, of length ``2 * max(q_len, k_len) - 1``; at run
-time a table is linearly interpolated when the query/key lengths differ from the ones it was
-built for, so a model built for 224² runs at 1024² or 800×1333.
+The attention logit between query ``i`` and key ``j`` gets ``q_i · (R_t[t(i)-t(j)] +
+R_h[h(i)-h(j)] + R_w[w(i)-w(j)])``, one table per axis of the grid (1 to 3 axes). The bias is
+never needed as a whole: it is the sum of per-axis *terms* ``q · R_a`` of shape
+(..., Lq, k_len_a), each broadcast over the other key axes. :func:`rel_pos_terms` computes the
+terms; :class:`RelPosTerms` places them on the key grid in the forms the attention
+implementations consume (added to the logits, a bias, or one-hot key codes whose dot product
+with the terms is the bias) and gives the adjoint of that placement for hand-written backwards.
+
+A table has length ``2 * max(q_len, k_len) - 1`` for the grid it was built for; at run time it
+is linearly interpolated to the lengths it meets, so a model built for 224² runs at 1024² or
+800×1333, and a video model at any clip length.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
-EINSUM_AXES = "thw"  # einsum letters for up to three spatial axes
+EINSUM_AXES = "thw"  # einsum letters for up to three grid axes
 
 
 def resize_rel_pos(rel_pos: torch.Tensor, length: int) -> torch.Tensor:
@@ -38,45 +46,88 @@ def rel_pos_lookup(q_len: int, k_len: int, rel_pos: torch.Tensor) -> torch.Tenso
     return table[offsets.long()]
 
 
+@dataclass
+class RelPosTerms:
+    """The decomposed bias of one attention call, kept as per-axis terms.
+
+    ``terms[a]``: (B, heads, p + Lq, k_shape[a]) with zero rows for the p prefix (class)
+    tokens; the bias of query i and key j is ``sum_a terms[a][i, coord_a(j)]`` over the grid
+    keys, and zero for prefix keys.
+    """
+
+    terms: list[torch.Tensor]
+    k_shape: tuple[int, ...]
+    num_prefix: int
+
+    def on_key_axis(self, axis: int, rows: slice = slice(None)) -> torch.Tensor:
+        """Term ``axis`` for the query rows ``rows`` viewed on the key grid:
+        (B, heads, rows, 1, ..., k_shape[axis], ..., 1)."""
+        view = [1] * len(self.k_shape)
+        view[axis] = self.k_shape[axis]
+        term = self.terms[axis][:, :, rows]
+        return term.reshape(*term.shape[:-1], *view)
+
+    def add_to_(self, logits: torch.Tensor) -> torch.Tensor:
+        """Add the bias to logits (B, heads, p + Lq, p + Lk) in place, axis by axis (no
+        Lq x Lk bias is built); returns logits."""
+        grid = logits[..., self.num_prefix:].unflatten(-1, self.k_shape)
+        for a in range(len(self.terms)):
+            grid.add_(self.on_key_axis(a))
+        return logits
+
+    def bias(self, rows: slice = slice(None)) -> torch.Tensor:
+        """The bias for the query rows ``rows``: (B, heads, rows, p + Lk)."""
+        bias = sum(self.on_key_axis(a, rows) for a in range(len(self.terms)))
+        bias = bias.flatten(3)
+        return F.pad(bias, (self.num_prefix, 0)) if self.num_prefix else bias
+
+    def key_codes(self, like: torch.Tensor) -> list[torch.Tensor]:
+        """Per axis a, the one-hot coordinate of every key along a: (p + Lk, k_shape[a]), zero
+        rows for prefix keys, so that ``terms[a] @ key_codes[a]ᵀ`` is axis a's bias."""
+        ndim = len(self.k_shape)
+        codes = []
+        for a, size in enumerate(self.k_shape):
+            view = [1] * ndim
+            view[a] = size
+            eye = torch.eye(size, dtype=like.dtype, device=like.device).reshape(*view, size)
+            code = eye.expand(*self.k_shape, size).reshape(-1, size)
+            codes.append(F.pad(code, (0, 0, self.num_prefix, 0)) if self.num_prefix else code)
+        return codes
+
+    def grads_from_logits(self, grad_logits: torch.Tensor) -> list[torch.Tensor]:
+        """Adjoint of :meth:`add_to_`: the gradient of each term from the logits' gradient
+        (B, heads, p + Lq, p + Lk), i.e. the sum over the other key axes."""
+        grid = grad_logits[..., self.num_prefix:].unflatten(-1, self.k_shape)
+        ndim = len(self.k_shape)
+        first = grid.dim() - ndim
+        # (a sum over an empty list of dims would sum over all of them)
+        return [grid.sum([first + i for i in range(ndim) if i != a]) if ndim > 1 else grid
+                for a in range(ndim)]
+
+
 def rel_pos_terms(
     q: torch.Tensor,
-    rel_pos: Sequence[torch.Tensor],
+    lookups: Sequence[torch.Tensor],
     q_shape: Sequence[int],
     k_shape: Sequence[int],
-) -> list[torch.Tensor]:
-    """Per-axis terms ``q · R_axis`` of the decomposed bias.
+    num_prefix: int = 0,
+) -> RelPosTerms:
+    """The per-axis terms ``q · R_a`` of the decomposed bias.
 
     Args:
-        q: unscaled queries (B, Lq, C) with Lq = prod(q_shape), spatial tokens only.
-        rel_pos: one table per spatial axis, each (L_axis, C).
-        q_shape / k_shape: spatial sizes of the query and key grids, e.g. (H, W) or (T, H, W).
-
-    Returns:
-        One tensor per axis a, of shape (B, *q_shape, k_shape[a]).
+        q: unscaled queries (B, heads, p + prod(q_shape), C).
+        lookups: per grid axis, :func:`rel_pos_lookup` (q_shape[a], k_shape[a], C) (or a slice
+            of a larger one, for windows cut at the border).
+        q_shape / k_shape: the query and key grids, e.g. (H, W) or (T, H, W).
+        num_prefix: class tokens in front of the grid tokens (their terms are zero).
     """
-    ndim = len(q_shape)
-    axes = EINSUM_AXES[-ndim:]
-    q_grid = q.reshape(q.shape[0], *q_shape, q.shape[-1])
+    p = num_prefix
+    b, heads, _, c = q.shape
+    axes = EINSUM_AXES[-len(q_shape):]
+    q_grid = (q.split([p, q.shape[2] - p], dim=2)[1] if p else q).reshape(b, heads, *q_shape, c)
     terms = []
-    for a, table in enumerate(rel_pos):
-        r = rel_pos_lookup(q_shape[a], k_shape[a], table)
-        terms.append(torch.einsum(f"b{axes}c,{axes[a]}kc->b{axes}k", q_grid, r))
-    return terms
-
-
-def rel_pos_bias(
-    q: torch.Tensor,
-    rel_pos: Sequence[torch.Tensor],
-    q_shape: Sequence[int],
-    k_shape: Sequence[int],
-) -> torch.Tensor:
-    """The full decomposed bias (B, Lq, Lk), broadcast from the per-axis terms."""
-    ndim = len(q_shape)
-    bias = None
-    for a, term in enumerate(rel_pos_terms(q, rel_pos, q_shape, k_shape)):
-        # place the key axis `a` among ndim key axes, singleton elsewhere
-        view = [1] * ndim
-        view[a] = k_shape[a]
-        term = term.reshape(*term.shape[:-1], *view)
-        bias = term if bias is None else bias + term
-    return bias.reshape(q.shape[0], q.shape[1], -1)
+    for a, r in enumerate(lookups):
+        term = torch.einsum(f"bn{axes}c,{axes[a]}kc->bn{axes}k", q_grid, r.to(q.dtype))
+        term = term.reshape(b, heads, -1, r.shape[1])
+        terms.append(F.pad(term, (0, 0, p, 0)) if p else term)
+    return RelPosTerms(terms, tuple(k_shape), p)

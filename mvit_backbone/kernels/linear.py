@@ -1,4 +1,4 @@
-"""Linear layers and the MLP, on oneDNN's matmul kernels where they apply.
+"""Linear layers, fused norm + Linear and the MLP on oneDNN's matmul kernels (CPU, float32).
 
 MViT spends half its CPU time in Linear layers, most of them thin (96 or 192 input channels
 over 16k-65k tokens). PyTorch runs ``F.linear`` on MKL's sgemm, whose fast code path is chosen
@@ -7,19 +7,19 @@ the kernel ``torch.compile`` uses on CPU) picks by instruction set. On the AMD E
 machine oneDNN is 1.4-1.8x faster on every MViT shape (``tools/benchmark_backbone.py
 --kernels``). The result is the same matmul in fp32 (float rounding only).
 
-``Linear`` is an ``nn.Linear`` (same parameters, same ``state_dict``, same init) whose forward
-takes the oneDNN path when it applies: CPU, float32 input and weight, oneDNN available, no
-autocast, and not while tracing, exporting or compiling (those see plain ``F.linear``, so
-fvcore counts FLOPs, ONNX exports a Gemm and inductor picks its own kernels). Backward is
-``grad @ W`` on oneDNN and the weight gradient on ``mm``.
+- :func:`norm_linear`: projections of ``LayerNorm(x)`` as one autograd node that stores x and
+  the norm's statistics, not the normalised tensor (recomputed exactly in backward).
+- :func:`mlp_forward`: fc1 -> GELU -> fc2 of ``LayerNorm(x)``; inference fuses GELU into fc1;
+  training stores x and fc1's output only (5 instead of 9 token-width tensors per block) and
+  computes the 4x-wide GELU and its gradient ``TOKEN_CHUNK`` tokens at a time.
 
-``Mlp`` (fc1 -> GELU -> fc2, timm's parameter names) fuses GELU into fc1 for inference and,
-when training, keeps only fc1's input and pre-activation for backward (GELU is recomputed), so
-it stores 5 instead of 9 token-width tensors per block.
+Backward of a Linear is ``grad @ W`` on oneDNN and the weight gradient on ``mm``. The execution
+policy (``mvit_backbone.kernels``) decides where these run; :func:`onednn_applies` says whether
+oneDNN can.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -39,37 +39,23 @@ _LINEAR_POINTWISE = _onednn_op() if torch.backends.mkldnn.is_available() else No
 TOKEN_CHUNK = 2048
 
 
-def eager_mode() -> bool:
-    """Not tracing, scripting, compiling or exporting: custom kernels and autograd nodes may
-    run (the others must see the plain graph of standard ops)."""
-    return not (
-        torch.jit.is_tracing()
-        or torch.jit.is_scripting()
-        or torch.compiler.is_compiling()
-        or torch.onnx.is_in_onnx_export()
-    )
-
-
-def recompute_in_backward() -> bool:
-    """Training in eager mode: intermediate tensors may be recomputed in backward instead of
-    stored (tracing, export and compilation see the plain graph)."""
-    return torch.is_grad_enabled() and eager_mode()
-
-
 def onednn_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether :func:`linear` will run on oneDNN for this input and weight."""
+    """Whether oneDNN can run this Linear: CPU, float32, no autocast."""
     return (
         _LINEAR_POINTWISE is not None
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
         and not torch.is_autocast_enabled("cpu")
-        and eager_mode()
     )
 
 
 def _matmul(x2d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, act: str = "none"):
-    """(M, K) x (N, K)ᵀ + bias on oneDNN, with an optional fused "gelu" (exact erf)."""
+    """(M, K) x (N, K)ᵀ + bias on oneDNN, with an optional fused "gelu" (exact erf). Other
+    dtypes than float32 (float64 for gradcheck) take ``F.linear``."""
+    if x2d.dtype != torch.float32 or _LINEAR_POINTWISE is None:
+        out = F.linear(x2d, weight, bias)
+        return F.gelu(out) if act == "gelu" else out
     return _LINEAR_POINTWISE(x2d, weight, bias, act, [], "none" if act == "gelu" else "")
 
 
@@ -199,7 +185,7 @@ def _norm_args(norm: nn.Module | None) -> tuple:
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear`` that runs on oneDNN where :func:`onednn_applies`. x: (..., K) -> (..., N)."""
+    """``F.linear`` on oneDNN. x: (..., K) -> (..., N)."""
     return norm_linear(x, None, [(weight, bias)])[0]
 
 
@@ -210,54 +196,31 @@ def norm_linear(
 ) -> list[torch.Tensor]:
     """``[linear(norm(x), W, b) for W, b in projections]``; x: (..., K) -> each (..., N_i).
 
-    On the oneDNN path with a LayerNorm (or no norm), one autograd node computes them all and
-    stores x instead of norm(x) for backward.
+    With a LayerNorm (or no norm), one autograd node computes them all and stores x instead of
+    norm(x) for backward; another norm is applied first.
     """
-    if not (onednn_applies(x, projections[0][0]) and _fusable_norm(norm)):
-        y = x if norm is None else norm(x)
-        return [F.linear(y, w, b) for w, b in projections]
+    if not _fusable_norm(norm):
+        x, norm = norm(x), None
     params = [t for pair in projections for t in pair]
     outs = _ProjectFn.apply(_flat(x), *_norm_args(norm), *params)
     return [out.reshape(*x.shape[:-1], out.shape[-1]) for out in outs]
 
 
-class Linear(nn.Linear):
-    """``nn.Linear`` on :func:`linear` (same parameters and initialisation)."""
+def mlp_forward(mlp: nn.Module, x: torch.Tensor, norm: nn.Module | None = None) -> torch.Tensor:
+    """``mlp(norm(x))`` for an fc1 -> act -> fc2 module; x: (..., in) -> (..., out).
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias)
-
-
-class Mlp(nn.Module):
-    """fc1 -> act -> fc2, with timm's ``Mlp`` parameter names (``fc1``, ``fc2``).
-
-    With exact GELU on the oneDNN path, GELU is fused into fc1 (inference) or recomputed in
-    backward instead of stored (training). Shapes: (..., in_features) -> (..., out_features).
+    With exact GELU and a LayerNorm (or no norm): in training one autograd node storing x and
+    fc1's output, in inference GELU fused into fc1. Otherwise fc1/fc2 on oneDNN around the act.
     """
-
-    def __init__(
-        self,
-        in_features: int,
-        hidden_features: int,
-        out_features: int,
-        act_layer: Callable[[], nn.Module] = nn.GELU,
-    ):
-        super().__init__()
-        self.fc1 = Linear(in_features, hidden_features)
-        self.act = act_layer()
-        self.fc2 = Linear(hidden_features, out_features)
-        self._fusable_gelu = type(self.act) is nn.GELU and self.act.approximate == "none"
-
-    def forward(self, x: torch.Tensor, norm: nn.Module | None = None) -> torch.Tensor:
-        """mlp(norm(x)); x: (..., in_features). ``norm`` (the block's norm2) is applied first,
-        fused on the oneDNN path so that its output is not stored for backward."""
-        w1, b1, w2, b2 = self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias
-        if not (self._fusable_gelu and _fusable_norm(norm) and onednn_applies(x, w1)):
-            return self.fc2(self.act(self.fc1(x if norm is None else norm(x))))
-        x2d = _flat(x)
-        if torch.is_grad_enabled():
-            out = _GeluMlpFn.apply(x2d, *_norm_args(norm), w1, b1, w2, b2)
-        else:
-            y = x2d if norm is None else norm(x2d)
-            out = _matmul(_matmul(y, w1, b1, "gelu"), w2, b2)
-        return out.reshape(*x.shape[:-1], out.shape[-1])
+    w1, b1, w2, b2 = mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, mlp.fc2.bias
+    fusable_gelu = type(mlp.act) is nn.GELU and mlp.act.approximate == "none"
+    if not (fusable_gelu and _fusable_norm(norm)):
+        y = x if norm is None else norm(x)
+        return linear(mlp.act(linear(y, w1, b1)), w2, b2)
+    x2d = _flat(x)
+    if torch.is_grad_enabled():
+        out = _GeluMlpFn.apply(x2d, *_norm_args(norm), w1, b1, w2, b2)
+    else:
+        y = x2d if norm is None else norm(x2d)
+        out = _matmul(_matmul(y, w1, b1, "gelu"), w2, b2)
+    return out.reshape(*x.shape[:-1], out.shape[-1])

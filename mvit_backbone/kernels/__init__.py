@@ -1,0 +1,126 @@
+"""How MViT blocks are computed: the execution policy, the one seam between the model's math
+(``mvit_backbone.layers``, plain PyTorch) and the faster implementations of it here.
+
+A trunk runs every block through :func:`run_block` with its ``kernels`` policy:
+
+- ``"reference"``: the block's own forward with the reference :func:`attend` (matmul +
+  softmax), plain PyTorch everywhere.
+- ``"auto"`` (default): per call, by what the input is and whether gradients are recorded
+  (:func:`plan_block`):
+
+  * CPU, float32, no autocast: :func:`.block.block_forward` (oneDNN linears, fused norms,
+    recompute in backward); attention by :func:`.attention.sdpa_attend` in inference, and in
+    training with rel-pos by :func:`.attention.explicit_attend` for windows and for small global
+    maps, :func:`.attention.folded_attend` for large global maps.
+  * anything else (CUDA, autocast, half precision): the block's own forward with
+    :func:`.attention.sdpa_attend` (the fused kernels of the device).
+  * while tracing, scripting, compiling or exporting: ``"reference"``, so that FLOP counters
+    (fvcore), ``torch.compile`` and ONNX see the plain graph of standard ops.
+
+All give the same result up to float rounding (``tests/test_kernels.py``). The first call of
+each kind of block logs which implementation it uses.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from ..layers.attention import AttendFn, attend
+from ..layers.blocks import MultiScaleBlock
+from .attention import explicit_attend, folded_attend, sdpa_attend
+from .block import block_forward
+from .linear import onednn_applies
+
+KERNEL_POLICIES = ("auto", "reference")
+# Global attention in CPU training keeps its probabilities (explicit) up to this many elements
+# per call (B x heads x Lq x Lk; 64 MiB in fp32); beyond it, the folded flash kernel keeps none.
+EXPLICIT_MAX_ELEMENTS = 1 << 24
+
+logger = logging.getLogger(__name__)
+_logged: set[tuple] = set()
+
+
+def eager_mode() -> bool:
+    """Not tracing, scripting, compiling or exporting: custom kernels and autograd nodes may
+    run (the others must see the plain graph of standard ops)."""
+    return not (
+        torch.jit.is_tracing()
+        or torch.jit.is_scripting()
+        or torch.compiler.is_compiling()
+        or torch.onnx.is_in_onnx_export()
+    )
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """How one block call is computed: ``fast_block`` (:func:`.block.block_forward`, else the
+    block's own forward) with ``attend``."""
+
+    fast_block: bool
+    attend: AttendFn
+
+    def describe(self) -> str:
+        return f"{'oneDNN block' if self.fast_block else 'plain block'} + {self.attend.__name__}"
+
+
+REFERENCE_PLAN = BlockPlan(False, attend)
+
+
+def check_policy(policy: str) -> str:
+    if policy not in KERNEL_POLICIES:
+        raise ValueError(f"kernels must be one of {KERNEL_POLICIES}, got {policy!r}")
+    return policy
+
+
+def plan_block(policy: str, block: MultiScaleBlock, x: torch.Tensor, shape: Sequence[int]) -> BlockPlan:
+    """The implementation ``policy`` picks for ``block(x, shape)`` (see the module docstring)."""
+    if policy == "reference" or not eager_mode():
+        return REFERENCE_PLAN
+    if not onednn_applies(x, block.attn.qkv.weight):
+        return BlockPlan(False, sdpa_attend)
+    attn = block.attn
+    if not (torch.is_grad_enabled() and attn.use_rel_pos):
+        return BlockPlan(True, sdpa_attend)
+    if attn.window_size:
+        return BlockPlan(True, explicit_attend)
+    q_len = attn.num_prefix + math.prod(-(-s // st) for s, st in zip(shape, attn.cfg.stride_q))
+    k_len = attn.num_prefix + math.prod(-(-s // st) for s, st in zip(shape, attn.cfg.stride_kv))
+    if x.shape[0] * attn.num_heads * q_len * k_len <= EXPLICIT_MAX_ELEMENTS:
+        return BlockPlan(True, explicit_attend)
+    return BlockPlan(True, folded_attend)
+
+
+def run_block(
+    policy: str, block: MultiScaleBlock, x: torch.Tensor, shape: Sequence[int]
+) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """``block(x, shape)`` computed as ``policy`` picks (logged once per kind of block)."""
+    plan = plan_block(policy, block, x, shape)
+    kind = (policy, x.device.type, x.dtype, torch.is_grad_enabled(),
+            "window" if block.attn.window_size else "global", plan)
+    if kind not in _logged and eager_mode():
+        _logged.add(kind)
+        logger.info("kernels=%s: %s attention blocks on %s %s (%s) use %s", policy, kind[4],
+                    x.device.type, str(x.dtype).replace("torch.", ""),
+                    "training" if kind[3] else "inference", plan.describe())
+    if plan.fast_block:
+        return block_forward(block, x, shape, plan.attend)
+    return block(x, shape, plan.attend)
+
+
+__all__ = [
+    "EXPLICIT_MAX_ELEMENTS",
+    "KERNEL_POLICIES",
+    "BlockPlan",
+    "block_forward",
+    "check_policy",
+    "eager_mode",
+    "explicit_attend",
+    "folded_attend",
+    "plan_block",
+    "run_block",
+    "sdpa_attend",
+]

@@ -1,0 +1,121 @@
+"""The MViT block on CPU in float32, computed to keep less and run faster.
+
+Same result as :meth:`MultiScaleBlock.forward` (float rounding only; tested against it), built
+from the block's own modules and the attention's own steps (``pool_parts``, ``attention``,
+``pool_to_query_grid``). What differs is how:
+
+Training:
+- ``norm1`` is fused into the qkv projection and the projected skip, ``norm2`` into the MLP
+  (oneDNN linears in autograd nodes that store the norm's input, not its output); the MLP keeps
+  fc1's output only and recomputes GELU per token chunk (:mod:`.linear`).
+- The pooled Q/K/V before their norms are needed only by the norms' backward: they are
+  recomputed there (a depthwise conv) instead of stored.
+- Where the query is pooled (a stage's first block) the qkv projection is at the input
+  resolution with the output width, the largest tensor of the block: it is recomputed with its
+  pooling in backward from x, which the block keeps anyway, Q apart from K and V so that the
+  recomputed projection and its gradient exist for one part at a time; so is the projected
+  skip before its max-pool.
+Inference:
+- Residual adds in place, and the MLP in token chunks added into the residual: the 4x-wide
+  hidden layer of a chunk stays in cache and no token-sized temporaries are allocated (a
+  fresh large tensor costs page faults, which at detection sizes take as long as the GELU).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
+
+from ..layers.attention import AttendFn, MultiScaleAttention, attention_pool
+from ..layers.blocks import MultiScaleBlock
+from .linear import TOKEN_CHUNK, linear, mlp_forward, norm_linear
+
+
+def _project_and_pool(
+    attn: MultiScaleAttention,
+    x: torch.Tensor,
+    shape: Sequence[int],
+    norm: nn.Module | None,
+    parts: Sequence[tuple],
+    recompute_pool: bool,
+) -> tuple[list[torch.Tensor], list[tuple[int, ...]]]:
+    """``norm(x)`` projected by the qkv rows of each part (one node) and pooled. Returns one
+    (B, p + L, heads, C) tensor per pool and one grid shape per pool."""
+    b, n, _ = x.shape
+    weight, bias = attn.qkv.weight, attn.qkv.bias
+    projections = [(weight[rows], None if bias is None else bias[rows]) for rows, _, _ in parts]
+    pooled, shapes = [], []
+    for projected, (_, pools, norms) in zip(norm_linear(x, norm, projections), parts):
+        projected = projected.reshape(b, n, len(pools), attn.num_heads, -1)
+        args = (projected, shape, pools, norms, attn.num_prefix)
+        if recompute_pool and any(m is not None for m in norms):
+            out, out_shape = checkpoint(attention_pool, *args, use_reentrant=False)
+        else:
+            out, out_shape = attention_pool(*args)
+        pooled += out
+        shapes += [out_shape] * len(pools)
+    return pooled, shapes
+
+
+def _attention_forward(
+    attn: MultiScaleAttention, x: torch.Tensor, shape: Sequence[int], norm: nn.Module | None,
+    attend: AttendFn,
+) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """``attn(norm(x), shape)`` with the projections on oneDNN and, in training, the pooled
+    tensors (in transition blocks the whole projection) recomputed in backward."""
+    training = torch.is_grad_enabled()
+    if training and any(s > 1 for s in attn.cfg.stride_q):
+        pooled, shapes = [], []
+        for part in attn.pool_parts(separate_q=True):
+            out, out_shapes = checkpoint(_project_and_pool, attn, x, shape, norm, [part], False,
+                                         use_reentrant=False)
+            pooled += out
+            shapes += out_shapes
+    else:
+        pooled, shapes = _project_and_pool(attn, x, shape, norm, attn.pool_parts(), training)
+    q, k, v = pooled
+    out = attn.attention(q, k, v, shapes[0], shapes[-1], attend)
+    if attn.cfg.residual_pooling:
+        out = out + q
+    return linear(out.flatten(2), attn.proj.weight, attn.proj.bias), shapes[0]
+
+
+def _skip(block: MultiScaleBlock, x: torch.Tensor, x_in: torch.Tensor, shape: Sequence[int],
+          norm1: nn.Module | None) -> torch.Tensor:
+    """The attention's skip: x, or (v2 transition blocks) the projection of ``norm1(x_in)``,
+    pooled to the query grid."""
+    if block.cfg.expand_in_attention and block.proj is not None:
+        x = norm_linear(x_in, norm1, [(block.proj.weight, block.proj.bias)])[0]
+    return block.pool_to_query_grid(x, shape)
+
+
+def block_forward(
+    block: MultiScaleBlock, x: torch.Tensor, shape: Sequence[int], attend: AttendFn
+) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """:meth:`MultiScaleBlock.forward` on oneDNN (see the module docstring)."""
+    training = torch.is_grad_enabled()
+    # training: norm1 is applied inside the projections that read it (not stored); inference:
+    # once here, as two projections may read it
+    norm1 = block.norm1 if training else None
+    x_in = x if training else block.norm1(x)
+    x_attn, out_shape = _attention_forward(block.attn, x_in, shape, norm1, attend)
+    if training and block.pool_skip is not None:
+        # the projected skip before pooling (and the pooling's indices) would be kept for
+        # backward at the input resolution; recompute them from x, which is kept anyway
+        skip = checkpoint(_skip, block, x, x_in, shape, norm1, use_reentrant=False)
+    else:
+        skip = _skip(block, x, x_in, shape, norm1)
+    in_place = not training and isinstance(block.drop_path, nn.Identity)
+    # x_attn is a fresh tensor (the attention's projection), so adding into it is safe
+    x = x_attn.add_(skip) if in_place else skip + block.drop_path(x_attn)
+    if not block.cfg.expand_in_attention and block.proj is not None:
+        x_norm = block.norm2(x)
+        skip = linear(x_norm, block.proj.weight, block.proj.bias)
+        return skip + block.drop_path(mlp_forward(block.mlp, x_norm)), out_shape
+    if in_place:
+        for chunk in x.view(-1, x.shape[-1]).split(TOKEN_CHUNK):
+            chunk += mlp_forward(block.mlp, chunk, norm=block.norm2)
+        return x, out_shape
+    return x + block.drop_path(mlp_forward(block.mlp, x, norm=block.norm2)), out_shape
