@@ -304,32 +304,39 @@ def attention_kernels(
     repeats: int = 5, device: str = "cpu",
 ) -> dict[str, dict[str, float]]:
     """Median seconds of one window batch (e.g. one of ``WINDOW_BATCHES``), with rel-pos,
-    through each ``attn_impl`` ("fwd" under no_grad and "fwd+bwd"), and the forward's
-    GFLOP/s counting q·kᵀ and p·v only ("fwd_gflops")."""
-    from .layers import MultiScaleAttention
+    through each attend implementation of ``mvit_backbone.kernels`` and the reference ("fwd"
+    under no_grad and "fwd+bwd"), and the forward's GFLOP/s counting q·kᵀ and p·v only
+    ("fwd_gflops")."""
+    from .kernels import explicit_attend, folded_attend, sdpa_attend
+    from .layers import attend, rel_pos_lookup, rel_pos_terms
 
     torch.manual_seed(0)
-    attn = MultiScaleAttention(dim * heads, dim * heads, heads, stride_kv=q_window // kv_window,
-                               window_size=q_window, use_rel_pos=True, rel_pos_zero_init=False,
-                               input_size=(q_window, q_window)).to(device)
+    tables = [torch.randn(2 * q_window - 1, dim, device=device) for _ in range(2)]
+    lookups = [rel_pos_lookup(q_window, kv_window, t) for t in tables]
     q = torch.randn(windows, heads, q_window**2, dim, device=device)
     k, v = (torch.randn(windows, heads, kv_window**2, dim, device=device) for _ in range(2))
     shapes = ((q_window, q_window), (kv_window, kv_window))
+    scale = dim**-0.5
     gflop = 4 * windows * heads * q_window**2 * kv_window**2 * dim / 1e9
+
+    def run(fn, q, k, v):
+        return fn(q, k, v, scale, rel_pos_terms(q, lookups, *shapes))
+
     results: dict[str, dict[str, float]] = {}
-    for impl in ("explicit", "sdpa", "folded"):
+    for fn in (attend, explicit_attend, sdpa_attend, folded_attend):
         times: dict[str, list[float]] = {"fwd": [], "fwd+bwd": []}
         for _ in range(repeats + 1):
             with torch.no_grad():
                 start = time.perf_counter()
-                attn.attend(q, k, v, *shapes, impl=impl)
+                run(fn, q, k, v)
                 times["fwd"].append(time.perf_counter() - start)
             qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
             start = time.perf_counter()
-            attn.attend(qg, kg, vg, *shapes, impl=impl).sum().backward()
+            run(fn, qg, kg, vg).sum().backward()
             times["fwd+bwd"].append(time.perf_counter() - start)
-        results[impl] = {mode: statistics.median(t[1:]) for mode, t in times.items()}
-        results[impl]["fwd_gflops"] = gflop / results[impl]["fwd"]
+        name = fn.__name__
+        results[name] = {mode: statistics.median(t[1:]) for mode, t in times.items()}
+        results[name]["fwd_gflops"] = gflop / results[name]["fwd"]
     return results
 
 
@@ -390,7 +397,7 @@ LINEAR_SHAPES = (
 def linear_kernels(repeats: int = 5) -> list[dict[str, float]]:
     """GFLOP/s of ``F.linear`` (MKL sgemm) and of our oneDNN ``linear`` on the MViT Linear
     shapes, forward (interleaved, medians), and the max abs difference of their outputs."""
-    from .layers.linear import linear
+    from .kernels.linear import linear
 
     results = []
     for tokens, d_in, d_out in LINEAR_SHAPES:

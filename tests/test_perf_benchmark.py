@@ -72,7 +72,7 @@ def test_attention_kernels_time_every_implementation_with_its_flop_rate():
 
     windows, heads, q_window, kv_window, dim = 2, 2, 8, 4, 16
     result = attention_kernels(windows, heads, q_window, kv_window, dim=dim, repeats=1)
-    assert set(result) == {"explicit", "sdpa", "folded"}
+    assert set(result) == {"attend", "explicit_attend", "sdpa_attend", "folded_attend"}
     gflop = 4 * windows * heads * q_window**2 * kv_window**2 * dim / 1e9
     for times in result.values():
         assert times["fwd"] > 0 and times["fwd+bwd"] > 0
