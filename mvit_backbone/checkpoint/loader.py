@@ -35,7 +35,7 @@ from .reader import read_checkpoint
 logger = logging.getLogger(__name__)
 
 _WRAPPER_KEYS = ("model_state", "model", "state_dict", "model_ema", "module")
-_ANCHOR = "patch_embed.proj.weight"  # present in every MViT checkpoint
+ANCHOR_KEY = "patch_embed.proj.weight"  # present in every MViT checkpoint
 DETECTRON2_PREFIX = "backbone.bottom_up."  # where detectron2 detectors hold the MViT
 _CLASSIFIER = re.compile(r"(^|\.)head\.projection\.(weight|bias)$")
 
@@ -136,9 +136,9 @@ def timm_to_official(state: Mapping[str, torch.Tensor]) -> tuple[dict, dict]:
 
 def _anchor_prefix(keys, source: str) -> str:
     for k in keys:
-        if k.endswith(_ANCHOR):
-            return k[: -len(_ANCHOR)]
-    raise ValueError(f"{source}: no MViT weights found (no key ending in {_ANCHOR!r})")
+        if k.endswith(ANCHOR_KEY):
+            return k[: -len(ANCHOR_KEY)]
+    raise ValueError(f"{source}: no MViT weights found (no key ending in {ANCHOR_KEY!r})")
 
 
 def _align_prefixes(state: dict, model_keys, source: str) -> tuple[dict, dict]:
