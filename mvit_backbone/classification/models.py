@@ -233,14 +233,16 @@ def mvitv2_h_512(num_classes: int = 1000, **kw) -> MViTClassifier:
     return _mvitv2("H", num_classes, **dict(dict(img_size=512), **kw))
 
 
-def _mvitv1(depth: int, last_block_indexes: tuple[int, ...], num_classes: int, **overrides):
+def _mvitv1(default_depth: int, default_last_block_indexes: tuple[int, ...], num_classes: int,
+            **overrides):
     """MViTv1 image model (MViTv1 App. D / PySlowFast MVIT_B_*_CONV): class token, absolute
-    position, no rel-pos, no residual pooling, channel expansion in the MLP."""
+    position, no rel-pos, no residual pooling, channel expansion in the MLP. ``overrides`` may
+    replace any argument, the depth and stage ends included."""
     kwargs = dict(
         embed_dim=96,
-        depth=depth,
+        depth=default_depth,
         num_heads=1,
-        last_block_indexes=last_block_indexes,
+        last_block_indexes=default_last_block_indexes,
         norm_layer=partial(nn.LayerNorm, eps=1e-6),
         use_cls_token=True,
         use_abs_pos=True,
