@@ -26,9 +26,9 @@ from tqdm import tqdm
 
 from .loader import (
     DETECTRON2_PREFIX,
-    ANCHOR_KEY,
     detect_format,
     timm_to_official,
+    trunk_prefix,
     unwrap_state_dict,
 )
 from .reader import read_checkpoint
@@ -43,9 +43,7 @@ def to_ours(state: Mapping[str, torch.Tensor], source: str = "<state_dict>") -> 
     of the trunk removed; a detector's state dict (``backbone.bottom_up.``) is kept whole."""
     if detect_format(state) == "timm":
         state, _ = timm_to_official(state)
-    prefix = next((k[: -len(ANCHOR_KEY)] for k in state if k.endswith(ANCHOR_KEY)), None)
-    if prefix is None:
-        raise ValueError(f"{source}: no MViT weights found (no key ending in {ANCHOR_KEY!r})")
+    prefix = trunk_prefix(state, source)
     if prefix.endswith(DETECTRON2_PREFIX):
         prefix = prefix[: -len(DETECTRON2_PREFIX)]
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}

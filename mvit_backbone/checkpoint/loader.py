@@ -22,7 +22,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -134,7 +134,9 @@ def timm_to_official(state: Mapping[str, torch.Tensor]) -> tuple[dict, dict]:
     return out, renamed
 
 
-def _anchor_prefix(keys, source: str) -> str:
+def trunk_prefix(keys: Iterable[str], source: str) -> str:
+    """What precedes the MViT trunk's names (``""``, ``"module."``, ``"backbone.bottom_up."``);
+    ValueError naming ``source`` when no key ends in ``patch_embed.proj.weight``."""
     for k in keys:
         if k.endswith(ANCHOR_KEY):
             return k[: -len(ANCHOR_KEY)]
@@ -144,8 +146,8 @@ def _anchor_prefix(keys, source: str) -> str:
 def _align_prefixes(state: dict, model_keys, source: str) -> tuple[dict, dict]:
     """Re-prefix checkpoint keys so they sit where the model has its trunk (e.g. a classifier
     checkpoint into ``backbone.bottom_up.`` of a detectron2 model, or the reverse)."""
-    ckpt_prefix = _anchor_prefix(state, source)
-    model_prefix = _anchor_prefix(model_keys, "model")
+    ckpt_prefix = trunk_prefix(state, source)
+    model_prefix = trunk_prefix(model_keys, "model")
     if ckpt_prefix == model_prefix:
         return state, {}
     out, renamed = {}, {}
@@ -217,7 +219,7 @@ def load_checkpoint(
     state, renamed = _align_prefixes(state, model_state.keys(), source)
     report.converted.update(renamed)
 
-    trunk_prefix = _anchor_prefix(model_state.keys(), "model")
+    model_trunk = trunk_prefix(model_state.keys(), "model")
     to_load = {}
     bad_shapes = []
     for key, value in state.items():
@@ -234,7 +236,7 @@ def load_checkpoint(
             shapes = f"checkpoint {list(value.shape)} vs model {list(target.shape)}"
             if _CLASSIFIER.search(key):
                 report.dropped[key] = f"classifier of another class count ({shapes}); kept as initialised"
-            elif not strict and not key.startswith(trunk_prefix):
+            elif not strict and not key.startswith(model_trunk):
                 report.dropped[key] = f"outside the MViT trunk, another shape ({shapes})"
             else:
                 bad_shapes.append(f"{key}: {shapes}")

@@ -29,8 +29,10 @@ from typing import Any
 import numpy as np
 import torch
 
-# The first object of a legacy (pre-zip) ``torch.save`` file.
+# The first object of a legacy (pre-zip) ``torch.save`` file, and its bytes in pickle protocol 2
+# (torch's default), which let such a file go to torch.load without unpickling it twice.
 _TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+_TORCH_LEGACY_HEAD = pickle.dumps(_TORCH_LEGACY_MAGIC, protocol=2)
 _SAFETENSORS_MAX_HEADER = 100 * 2**20
 _SAFETENSORS_ITEMSIZE = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
@@ -195,10 +197,10 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
     if file_size == 0:
         raise CheckpointReadError(f"checkpoint {path} cannot be read: the file is empty")
     with open(path, "rb") as f:
-        head = f.read(9)
-    if head.startswith(b"PK\x03\x04"):
+        head = f.read(len(_TORCH_LEGACY_HEAD))
+    if head.startswith(b"PK\x03\x04") or head == _TORCH_LEGACY_HEAD:
         return _torch_load(path)
-    if len(head) == 9 and head[8:9] == b"{":
+    if len(head) > 8 and head[8:9] == b"{":
         header_size = struct.unpack("<Q", head[:8])[0]
         if header_size > min(file_size - 8, _SAFETENSORS_MAX_HEADER):
             raise CheckpointReadError(
