@@ -200,6 +200,31 @@ def test_damaged_files_get_one_error_naming_them(tmp_path, name):
         read_checkpoint(path)
 
 
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_absurd_declared_tensor_size_is_refused_without_allocating(tmp_path, legacy):
+    """The pickle inside declares 2**31 - 2**24 floats (8 GB) for a 4-float storage."""
+    import resource
+    import zipfile
+
+    small, bad = tmp_path / "small.pth", tmp_path / "absurd.pth"
+    torch.save({"w": torch.zeros(4)}, small, _use_new_zipfile_serialization=not legacy)
+    declared = b"J\x00\x00\x00\x7f"  # BININT 0x7f000000
+    if legacy:
+        data = small.read_bytes()
+        bad.write_bytes(data.replace(b"cpuq\x06K\x04N", b"cpuq\x06" + declared + b"N"))
+    else:
+        with zipfile.ZipFile(small) as src, zipfile.ZipFile(bad, "w") as dst:
+            for name in src.namelist():
+                data = src.read(name)
+                if name.endswith("data.pkl"):
+                    data = data.replace(b"cpuq\x06K\x04", b"cpuq\x06" + declared)
+                dst.writestr(name, data)
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(CheckpointReadError, match="absurd.pth cannot be read: damaged or truncated"):
+        read_checkpoint(bad)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before < 512 * 1024  # KiB
+
+
 def test_truncated_torch_file_through_init_checkpoint(tmp_path):
     from mvit_backbone.engine import load_weights
 
