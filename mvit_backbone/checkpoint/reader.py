@@ -94,8 +94,12 @@ _TORCH_NUMPY_GLOBALS = list(_numpy_globals().values()) + [
 
 def _refused_torch_object(message: str) -> str:
     """What torch's weights-only unpickler refused, from its error message."""
-    for pattern, template in ((r"GLOBAL ([\w.]+)", "global {}"), (r"got <class '([\w.]+)'>", "an object of {}"),
-                              (r"WeightsUnpickler error: ([^\n]+)", "{}")):
+    patterns = (
+        (r"GLOBAL ([\w.]+)", "global {}"),
+        (r"got <class '([\w.]+)'>", "an object of {}"),
+        (r"WeightsUnpickler error: ([^\n]+)", "{}"),
+    )
+    for pattern, template in patterns:
         match = re.search(pattern, message)
         if match:
             return template.format(match.group(1))
@@ -119,19 +123,22 @@ def _torch_load(path: str) -> Any:
 def _read_pickle(path: str, data: bytes) -> Any:
     # reading from memory keeps a lying length field from allocating more than the file size
     stream = io.BytesIO(data)
+    has_pickle_header = data.startswith(b"\x80")  # protocols 0 and 1 have none
     try:
         first = _WeightsUnpickler(stream, encoding="latin1").load()
     except pickle.UnpicklingError as e:
         if str(e).startswith(("global ", "persistent id ")):
             raise _refused(path, str(e)) from e
-        raise CheckpointReadError(f"checkpoint {path} cannot be read: broken pickle ({e})") from e
+        problem = f"broken pickle ({e})"
     except Exception as e:
-        raise CheckpointReadError(
-            f"checkpoint {path} cannot be read: broken or truncated pickle ({type(e).__name__}: {e})"
-        ) from e
-    if isinstance(first, int) and first == _TORCH_LEGACY_MAGIC:
-        return _torch_load(path)
-    return first
+        problem = f"broken or truncated pickle ({type(e).__name__}: {e})"
+    else:
+        if isinstance(first, int) and first == _TORCH_LEGACY_MAGIC:
+            return _torch_load(path)
+        return first
+    if not has_pickle_header:
+        problem = f"not a PyTorch, pickle or safetensors file (it starts with {data[:8]!r})"
+    raise CheckpointReadError(f"checkpoint {path} cannot be read: {problem}")
 
 
 def _check_safetensors_header(path: str, data_size: int, header: dict) -> None:
@@ -208,10 +215,5 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
                 f"bytes, the file has {file_size}"
             )
         return _read_safetensors(path, file_size, header_size)
-    if head.startswith(b"\x80"):  # pickle protocol 2 or later
-        with open(path, "rb") as f:
-            return _read_pickle(path, f.read())
-    raise CheckpointReadError(
-        f"checkpoint {path} cannot be read: not a PyTorch, pickle or safetensors file "
-        f"(it starts with {head[:8]!r})"
-    )
+    with open(path, "rb") as f:
+        return _read_pickle(path, f.read())
