@@ -7,5 +7,5 @@ setup(
     "with ImageNet and video classification",
     packages=find_packages(include=["mvit_backbone", "mvit_backbone.*"]),
     python_requires=">=3.10",
-    install_requires=["torch", "torchvision", "timm", "fvcore", "iopath", "pycocotools"],
+    install_requires=["torch", "torchvision", "timm", "safetensors", "fvcore", "iopath", "pycocotools"],
 )

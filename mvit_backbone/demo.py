@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .checkpoint import load_checkpoint
 from .data.coco_synthetic import ShapesConfig, render_scene
 
 logger = logging.getLogger("mvit_backbone.demo")
@@ -247,9 +248,10 @@ def _warmup_cosine(it: int, total: int, warmup: int, floor: float = 0.02) -> flo
 def load_backbone_weights(bottom_up: nn.Module, path: str | os.PathLike) -> dict:
     """Load a backbone checkpoint by name into the detector's backbone; returns a report.
 
-    Every trunk parameter (``patch_embed.*``, ``blocks.*``) must be in the file with the same
-    shape, else ValueError naming the file (it was made for another architecture); the output
-    norms ``scale*_norm`` are loaded when present (a classification checkpoint has none).
+    Read by :func:`mvit_backbone.load_checkpoint` (any supported format, nothing in the file
+    runs). Every trunk parameter (``patch_embed.*``, ``blocks.*``) must be in the file with the
+    same shape, else ValueError naming the file (it was made for another architecture); the
+    output norms ``scale*_norm`` are loaded when present (a classification checkpoint has none).
     """
     path = Path(path)
     if not path.is_file():
@@ -257,26 +259,13 @@ def load_backbone_weights(bottom_up: nn.Module, path: str | os.PathLike) -> dict
             f"pretrained backbone {path} not found; make it with `python tools/demo_pretrain.py "
             f"--out {path}` or pass --no-pretrained"
         )
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for corrupt files
-        raise ValueError(f"pretrained backbone {path} cannot be read: {e}") from e
-    state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict):
-        raise ValueError(f"pretrained backbone {path} holds no state dict")
-    own = bottom_up.state_dict()
-    required = [k for k in own if k.startswith(("patch_embed.", "blocks."))]
-    missing = [k for k in required if k not in state]
-    mismatched = [k for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or mismatched:
-        raise ValueError(
-            f"pretrained backbone {path} does not fit the demo backbone: missing {missing[:5]}, "
-            f"shape mismatch {mismatched[:5]}"
-        )
-    loaded = {k: state[k] for k in own if k in state}
-    bottom_up.load_state_dict(loaded, strict=False)
-    return {"loaded": len(loaded), "ignored": sorted(set(state) - set(own)),
-            "not_in_file": sorted(set(own) - set(loaded))}
+    report = load_checkpoint(bottom_up, path, strict=False)
+    required = [k for k in report.missing if k.startswith(("patch_embed.", "blocks."))]
+    if required:
+        raise ValueError(f"pretrained backbone {path} does not fit the demo backbone: "
+                         f"missing {required[:5]}")
+    return {"loaded": len(report.loaded), "ignored": sorted(report.unexpected),
+            "not_in_file": sorted(report.missing)}
 
 
 # ---------------------------------------------------------------------------------------------

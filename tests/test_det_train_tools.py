@@ -134,8 +134,8 @@ def test_det_resume_continues_from_last_checkpoint(resumed_run):
     out, interrupted_at, log = resumed_run
     k = int(re.search(r"model_(\d+)\.pth", interrupted_at).group(1))
     assert f"Resumed from {os.path.join(out, interrupted_at)} at iteration {k + 1}" in log
-    before = torch.load(os.path.join(out, "interrupted.pth"), weights_only=False)
-    final = torch.load(os.path.join(out, "model_final.pth"), weights_only=False)
+    before = torch.load(os.path.join(out, "interrupted.pth"), weights_only=True)
+    final = torch.load(os.path.join(out, "model_final.pth"), weights_only=True)
     assert before["iteration"] == k and final["iteration"] == 5
     # AdamW counts its updates: the resumed optimizer went on from k + 1 updates to 6.
     steps = {float(s["step"]) for s in final["trainer"]["optimizer"]["state"].values()}
@@ -172,7 +172,7 @@ def test_det_two_process_gloo_training(tiny_coco, tmp_path):
                          *_lazy_opts(tmp_path, max_iter=2, batch=2)))
     assert "World size: 2" in log
     assert _iterations(tmp_path)[-1] == 1
-    assert torch.load(tmp_path / "model_final.pth", weights_only=False)["iteration"] == 1
+    assert torch.load(tmp_path / "model_final.pth", weights_only=True)["iteration"] == 1
 
 
 def test_det_yacs_train_net_with_model_zoo_config(tiny_coco, tmp_path):
@@ -190,7 +190,7 @@ def test_det_yacs_train_net_with_model_zoo_config(tiny_coco, tmp_path):
         "MODEL.RPN.POST_NMS_TOPK_TRAIN", "16", "DATALOADER.NUM_WORKERS", "0",
         "OUTPUT_DIR", str(tmp_path),
     ])
-    weights = torch.load(tmp_path / "model_final.pth", weights_only=False)["model"]
+    weights = torch.load(tmp_path / "model_final.pth", weights_only=True)["model"]
     assert "backbone.bottom_up.blocks.9.attn.rel_pos_h" in weights
     assert "backbone.fpn_lateral2.weight" in weights
 

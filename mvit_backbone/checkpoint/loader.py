@@ -1,24 +1,28 @@
-"""Read MViT checkpoints of every known layout into our models.
+"""Load MViT checkpoints of every known layout into our models.
 
-Supported layouts (detected from the keys, see :func:`detect_format`):
+Files are read by :func:`~mvit_backbone.checkpoint.reader.read_checkpoint` (PyTorch zip or
+legacy, pickles of numpy arrays, safetensors; nothing in a file runs). Supported layouts
+(detected from the keys, see :func:`detect_format`):
 
-- ``official``: facebookresearch/mvit, PySlowFast and detectron2 names (``blocks.{i}...``,
+- ``official``: facebookresearch/mvit and PySlowFast names (``blocks.{i}...``,
   ``head.projection``), which are also ours; wrapped in ``model_state`` / ``model`` /
-  ``state_dict`` or bare, with ``module.`` (DDP) or ``backbone.bottom_up.`` (detectron2
-  detection models) prefixes.
+  ``state_dict`` or bare, with or without a ``module.`` (DDP) prefix.
+- ``detectron2``: the same names under ``backbone.bottom_up.`` (whole detection models, ``.pkl``
+  of numpy arrays from detectron2's model zoo or ``.pth``).
 - ``timm``: ``stages.{s}.blocks.{j}``, ``shortcut_proj_attn|mlp``, ``head.fc``.
 
 Relative position tables are linearly interpolated and absolute position embeddings bicubically
-resized when the checkpoint was trained at another resolution.
+resized (class token kept apart) when the checkpoint was trained at another resolution. A
+classification head of another class count is not loaded (the model keeps its initialised head)
+and the report lists it under ``dropped``.
 """
 from __future__ import annotations
 
 import logging
 import os
-import pickle
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -26,11 +30,14 @@ import torch.nn as nn
 
 from ..layers.rel_pos import resize_rel_pos
 from ..mvit import interpolate_abs_pos
+from .reader import read_checkpoint
 
 logger = logging.getLogger(__name__)
 
 _WRAPPER_KEYS = ("model_state", "model", "state_dict", "model_ema", "module")
-_ANCHOR = "patch_embed.proj.weight"  # present in every MViT checkpoint
+ANCHOR_KEY = "patch_embed.proj.weight"  # present in every MViT checkpoint
+DETECTRON2_PREFIX = "backbone.bottom_up."  # where detectron2 detectors hold the MViT
+_CLASSIFIER = re.compile(r"(^|\.)head\.projection\.(weight|bias)$")
 
 
 @dataclass
@@ -44,6 +51,7 @@ class LoadReport:
     interpolated: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
+    dropped: dict[str, str] = field(default_factory=dict)  # model name -> why it was not loaded
 
     def __str__(self) -> str:
         lines = [
@@ -52,6 +60,8 @@ class LoadReport:
         ]
         for key, (old, new) in self.interpolated.items():
             lines.append(f"  interpolated {key}: {list(old)} -> {list(new)}")
+        for key, why in self.dropped.items():
+            lines.append(f"  not loaded {key}: {why}")
         if self.missing:
             lines.append(f"  missing in checkpoint ({len(self.missing)}): {', '.join(self.missing)}")
         if self.unexpected:
@@ -61,30 +71,9 @@ class LoadReport:
         return "\n".join(lines)
 
 
-def _read_file(path: str) -> Any:
-    if not os.path.isfile(path):
-        raise ValueError(f"checkpoint file not found: {path}")
-    if path.endswith(".pkl"):  # detectron2 model-zoo pickles of numpy arrays
-        try:
-            with open(path, "rb") as f:
-                return pickle.load(f, encoding="latin1")
-        except Exception as e:
-            raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # official .pyth files also pickle their training config; only tensors are used
-        logger.warning("%s holds pickled Python objects besides tensors; loading it fully", path)
-        try:
-            return torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as e:
-            raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
-    except Exception as e:
-        raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
-
-
-def _unwrap(obj: Any, source: str) -> dict[str, torch.Tensor]:
-    """Find the state dict inside a checkpoint object and make every value a tensor."""
+def unwrap_state_dict(obj: Any, source: str) -> dict[str, torch.Tensor]:
+    """Find the state dict inside a checkpoint object (``model_state``, ``model``,
+    ``state_dict``, ...) and make every value a tensor; ``source`` names it in errors."""
     while isinstance(obj, Mapping) and not any(
         isinstance(v, (torch.Tensor, np.ndarray)) for v in obj.values()
     ):
@@ -107,14 +96,22 @@ def _unwrap(obj: Any, source: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def detect_format(state: Mapping[str, torch.Tensor]) -> str:
-    """'timm' or 'official' (facebookresearch/mvit, PySlowFast, detectron2, ours)."""
+def detect_format(state: Mapping[str, Any]) -> str:
+    """'timm', 'detectron2' (a detector: ``backbone.bottom_up.`` prefix) or 'official'
+    (facebookresearch/mvit, PySlowFast, ours)."""
     if any(re.search(r"(^|\.)stages\.\d+\.blocks\.\d+\.", k) for k in state):
         return "timm"
+    if any(k.startswith(DETECTRON2_PREFIX) for k in state):
+        return "detectron2"
     return "official"
 
 
-def _timm_to_official(state: Mapping[str, torch.Tensor]) -> tuple[dict, dict]:
+def timm_to_official(state: Mapping[str, torch.Tensor]) -> tuple[dict, dict]:
+    """Rename a timm ``mvitv2_*`` state dict to the official names.
+
+    Returns:
+        (renamed state dict, {timm name: official name} for every renamed key).
+    """
     depths: dict[int, int] = {}
     for k in state:
         m = re.search(r"stages\.(\d+)\.blocks\.(\d+)\.", k)
@@ -137,18 +134,20 @@ def _timm_to_official(state: Mapping[str, torch.Tensor]) -> tuple[dict, dict]:
     return out, renamed
 
 
-def _anchor_prefix(keys, source: str) -> str:
+def trunk_prefix(keys: Iterable[str], source: str) -> str:
+    """What precedes the MViT trunk's names (``""``, ``"module."``, ``"backbone.bottom_up."``);
+    ValueError naming ``source`` when no key ends in ``patch_embed.proj.weight``."""
     for k in keys:
-        if k.endswith(_ANCHOR):
-            return k[: -len(_ANCHOR)]
-    raise ValueError(f"{source}: no MViT weights found (no key ending in {_ANCHOR!r})")
+        if k.endswith(ANCHOR_KEY):
+            return k[: -len(ANCHOR_KEY)]
+    raise ValueError(f"{source}: no MViT weights found (no key ending in {ANCHOR_KEY!r})")
 
 
 def _align_prefixes(state: dict, model_keys, source: str) -> tuple[dict, dict]:
     """Re-prefix checkpoint keys so they sit where the model has its trunk (e.g. a classifier
     checkpoint into ``backbone.bottom_up.`` of a detectron2 model, or the reverse)."""
-    ckpt_prefix = _anchor_prefix(state, source)
-    model_prefix = _anchor_prefix(model_keys, "model")
+    ckpt_prefix = trunk_prefix(state, source)
+    model_prefix = trunk_prefix(model_keys, "model")
     if ckpt_prefix == model_prefix:
         return state, {}
     out, renamed = {}, {}
@@ -188,29 +187,39 @@ def load_checkpoint(
     Args:
         model: any module holding an MViT trunk (classifier, ``MViT`` backbone, or a whole
             detectron2 model with the backbone under ``backbone.bottom_up``).
-        path_or_state_dict: a file (``.pth``, ``.pyth``, ``.pkl``) or an in-memory checkpoint.
+        path_or_state_dict: a file (``.pth``, ``.pt``, ``.pyth``, ``.bin``, ``.pkl``,
+            ``.safetensors``) or an in-memory checkpoint.
         strict: raise ``ValueError`` if any model parameter is missing from the checkpoint or
-            any checkpoint tensor has no place in the model.
+            any checkpoint tensor has no place in the model. A trunk tensor of another shape
+            that cannot be interpolated is an error either way; a classification head of
+            another class count is never loaded (``report.dropped``); with ``strict=False``
+            other tensors outside the trunk (detector heads) of another shape are dropped too.
+
+    Raises:
+        ValueError: the file cannot be read or is refused (see
+            :func:`~mvit_backbone.checkpoint.reader.read_checkpoint`), holds no MViT weights,
+            or does not fit the model as described above; the message names the tensors.
 
     Returns:
         A :class:`LoadReport` (``str(report)`` is a readable summary).
     """
     if isinstance(path_or_state_dict, (str, os.PathLike)):
         source = os.fspath(path_or_state_dict)
-        raw = _read_file(source)
+        raw = read_checkpoint(source)
     else:
         source = "<state_dict>"
         raw = path_or_state_dict
-    state = _unwrap(raw, source)
+    state = unwrap_state_dict(raw, source)
     fmt = detect_format(state)
     report = LoadReport(source=source, format=fmt)
     if fmt == "timm":
-        state, renamed = _timm_to_official(state)
+        state, renamed = timm_to_official(state)
         report.converted.update(renamed)
     model_state = model.state_dict()
     state, renamed = _align_prefixes(state, model_state.keys(), source)
     report.converted.update(renamed)
 
+    model_trunk = trunk_prefix(model_state.keys(), "model")
     to_load = {}
     bad_shapes = []
     for key, value in state.items():
@@ -220,13 +229,20 @@ def load_checkpoint(
         target = model_state[key]
         if value.shape != target.shape:
             fitted = _fit_shape(key, value, target)
-            if fitted is None or fitted.shape != target.shape:
-                bad_shapes.append(f"{key}: checkpoint {list(value.shape)} vs model {list(target.shape)}")
+            if fitted is not None and fitted.shape == target.shape:
+                report.interpolated[key] = (tuple(value.shape), tuple(target.shape))
+                to_load[key] = fitted
                 continue
-            report.interpolated[key] = (tuple(value.shape), tuple(target.shape))
-            value = fitted
+            shapes = f"checkpoint {list(value.shape)} vs model {list(target.shape)}"
+            if _CLASSIFIER.search(key):
+                report.dropped[key] = f"classifier of another class count ({shapes}); kept as initialised"
+            elif not strict and not key.startswith(model_trunk):
+                report.dropped[key] = f"outside the MViT trunk, another shape ({shapes})"
+            else:
+                bad_shapes.append(f"{key}: {shapes}")
+            continue
         to_load[key] = value
-    report.missing = [k for k in model_state if k not in to_load]
+    report.missing = [k for k in model_state if k not in to_load and k not in report.dropped]
     if bad_shapes:
         shown = bad_shapes[:8]
         if len(bad_shapes) > len(shown):

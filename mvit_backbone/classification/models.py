@@ -31,36 +31,118 @@ class MViTClassifier(MViTTrunk):
     """MViT for image classification (MViTv2 App. B.1; MViTv1 with a class token).
 
     The last stage's tokens are normalised, then pooled: the class token if the model has one,
-    otherwise the average of the spatial tokens.
+    otherwise the average of the spatial tokens (``global_pool`` "token" or "avg"; "" keeps
+    the tokens). The methods follow timm's model protocol, so timm's tools (``features_only``,
+    ``forward_intermediates``, ``reset_classifier``, ``train.py``) work on these models.
 
-    Shapes: forward(x (B, C, H, W)) -> logits (B, num_classes);
-    forward_features(x) -> pooled features (B, num_features).
+    Shapes, for x (B, C, H, W) and N = [1 +] H/32 * W/32 tokens of the last stage:
+    forward(x) -> logits (B, num_classes);
+    forward_features(x) -> normalised tokens (B, N, num_features);
+    forward_head(tokens, pre_logits=True) -> pooled features (B, num_features);
+    forward_intermediates(x) -> per-stage maps (B, C_s, H/s, W/s), s = 4, 8, 16, 32.
     """
 
-    def __init__(self, num_classes: int = 1000, head_dropout: float = 0.0, **trunk_kwargs):
+    def __init__(self, num_classes: int = 1000, head_dropout: float = 0.0,
+                 global_pool: str | None = None, **trunk_kwargs):
         trunk_kwargs.setdefault("window_mode", "none")
         trunk_kwargs.setdefault("adaptive_window_size", 0)
         super().__init__(**trunk_kwargs)
         self.num_classes = num_classes
+        self.global_pool = self._check_pool(global_pool)
         self.norm = self.norm_layer(self.num_features)
         self.head = ClassificationHead(self.num_features, num_classes, head_dropout)
         self.head.apply(self._init_weights)
+        self.feature_info = [
+            dict(num_chs=c, reduction=s, module=f"blocks.{i}")
+            for c, s, i in zip(self.stage_channels, self.stage_strides, self._last_block_indexes)
+        ]
+
+    def _check_pool(self, global_pool: str | None) -> str:
+        if global_pool is None:
+            return "token" if self.num_prefix else "avg"
+        if global_pool not in ("token", "avg", ""):
+            raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
+        if global_pool == "token" and not self.num_prefix:
+            raise ValueError("global_pool='token' needs a model with a class token")
+        return global_pool
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         tokens, _ = self.forward_stages(x)[-1]
-        tokens = self.norm(tokens)
-        return tokens[:, 0] if self.num_prefix else tokens.mean(dim=1)
+        return self.norm(tokens)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Pool the tokens of :meth:`forward_features` and classify them (``pre_logits``:
+        return the pooled features)."""
+        if self.global_pool == "token":
+            x = x[:, 0]
+        elif self.global_pool == "avg":
+            x = x[:, self.num_prefix:].mean(dim=1)
+        return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(x))
+        return self.forward_head(self.forward_features(x))
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the head's projection for a new number of classes (fine-tuning)."""
+    def get_classifier(self) -> nn.Module:
+        return self.head.projection
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the head's projection for a new number of classes (fine-tuning); 0 removes
+        it. ``global_pool`` ("token", "avg", "") changes the pooling when given."""
         self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = self._check_pool(global_pool)
         self.head.projection = (
             nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         )
         self.head.projection.apply(self._init_weights)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass (saves memory)."""
+        self.use_act_checkpoint = enable
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Stage outputs, timm's protocol: ``indices`` takes the last n stages (int) or the
+        listed ones; maps (B, C_s, H_s, W_s) for "NCHW", tokens (B, H_s * W_s, C_s) for "NLC"
+        (class token dropped). ``norm`` applies the final norm to the last stage. Returns the
+        maps, or (normalised last tokens (B, N, C), maps) unless ``intermediates_only``."""
+        from timm.models._features import feature_take_indices
+
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        take, _ = feature_take_indices(len(self.stage_channels), indices)
+        stages = self.forward_stages(x)
+        maps = []
+        for i in take:
+            tokens, shape = stages[i]
+            if norm and i == len(stages) - 1:
+                tokens = self.norm(tokens)
+            tokens = tokens[:, self.num_prefix:]
+            if output_fmt == "NCHW":
+                tokens = tokens.transpose(1, 2).reshape(tokens.shape[0], -1, *shape)
+            maps.append(tokens)
+        if intermediates_only:
+            return maps
+        return self.norm(stages[-1][0]), maps
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """For feature extraction: drop the norm and/or head; returns the stage indices."""
+        from timm.models._features import feature_take_indices
+
+        take, _ = feature_take_indices(len(self.stage_channels), indices)
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take
 
 
 _MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
@@ -151,14 +233,16 @@ def mvitv2_h_512(num_classes: int = 1000, **kw) -> MViTClassifier:
     return _mvitv2("H", num_classes, **dict(dict(img_size=512), **kw))
 
 
-def _mvitv1(depth: int, last_block_indexes: tuple[int, ...], num_classes: int, **overrides):
+def _mvitv1(default_depth: int, default_last_block_indexes: tuple[int, ...], num_classes: int,
+            **overrides):
     """MViTv1 image model (MViTv1 App. D / PySlowFast MVIT_B_*_CONV): class token, absolute
-    position, no rel-pos, no residual pooling, channel expansion in the MLP."""
+    position, no rel-pos, no residual pooling, channel expansion in the MLP. ``overrides`` may
+    replace any argument, the depth and stage ends included."""
     kwargs = dict(
         embed_dim=96,
-        depth=depth,
+        depth=default_depth,
         num_heads=1,
-        last_block_indexes=last_block_indexes,
+        last_block_indexes=default_last_block_indexes,
         norm_layer=partial(nn.LayerNorm, eps=1e-6),
         use_cls_token=True,
         use_abs_pos=True,

@@ -39,6 +39,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Subset
 from torchvision.datasets import ImageFolder
 
+from ..checkpoint import CheckpointReadError, read_checkpoint
 from ..data.image_folder import write_synthetic_image_folder
 from .models import create_model
 
@@ -304,9 +305,9 @@ def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a truncated or foreign file
-        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e})") from e
+        ckpt = read_checkpoint(path)
+    except CheckpointReadError as e:
+        raise CheckpointError(str(e)) from e
     required = ("model", "epoch", "optimizer", "classes", "history")
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in required):
         have = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__

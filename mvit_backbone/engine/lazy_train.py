@@ -11,9 +11,7 @@ import logging
 import os
 from typing import Any
 
-import torch
 import torch.nn as nn
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import instantiate
 from detectron2.engine import AMPTrainer, SimpleTrainer, default_writers, hooks
 from detectron2.engine.defaults import create_ddp_model
@@ -21,10 +19,9 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
-logger = logging.getLogger("detectron2")  # the logger default_setup() prints
+from ..checkpoint import SafeDetectionCheckpointer, load_checkpoint
 
-# Keys that only appear in checkpoints of whole detectors (detectron2 or this package).
-_DETECTOR_PREFIXES = ("backbone.", "proposal_generator.", "roi_heads.")
+logger = logging.getLogger("detectron2")  # the logger default_setup() prints
 
 
 def build_model(cfg: Any) -> nn.Module:
@@ -34,29 +31,21 @@ def build_model(cfg: Any) -> nn.Module:
     return model
 
 
-def _is_detector_checkpoint(path: str) -> bool:
-    if path.endswith(".pkl"):
-        return True
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    return isinstance(state, dict) and any(
-        isinstance(k, str) and k.startswith(_DETECTOR_PREFIXES) for k in state
-    )
-
-
 def load_weights(model: nn.Module, path: str) -> None:
-    """Load ``path`` into a detector built from a LazyConfig.
+    """Load ``path`` into a detector built from a LazyConfig, with
+    :func:`mvit_backbone.load_checkpoint` (non-strict; nothing in the file runs).
 
     - A detector checkpoint (``model_final.pth`` of this package, detectron2's ``.pth``/``.pkl``,
-      detectron2 URLs) loads through detectron2's ``DetectionCheckpointer``.
-    - An ImageNet backbone checkpoint (official ``MViTv2_*.pyth``, timm, ...) loads into
-      ``model.backbone.bottom_up`` with ``mvit_backbone.load_checkpoint`` (non-strict: the
-      classification head is dropped, rel-pos tables are interpolated).
+      detectron2 URLs) loads by name into the whole model; detector heads of another shape
+      (another class count) are left as initialised and logged.
+    - An ImageNet backbone checkpoint (official ``MViTv2_*.pyth``, timm, safetensors, ...) loads
+      into ``model.backbone.bottom_up`` (the classification head is dropped, rel-pos tables
+      are interpolated).
     - An empty path loads nothing.
 
     Raises:
-        ValueError: a local path that does not exist.
+        ValueError: a local path that does not exist, a file that cannot be read or holds more
+            than weights, or MViT weights of another shape; the message names the file.
     """
     if not path:
         return
@@ -66,14 +55,9 @@ def load_weights(model: nn.Module, path: str) -> None:
             f"checkpoint {path!r} does not exist (train.init_checkpoint names the official file; "
             f"download it and give its path, or set train.init_checkpoint='' to start from scratch)"
         )
-    if _is_detector_checkpoint(local):
-        DetectionCheckpointer(model).load(local)
-        return
-    from ..checkpoint import load_checkpoint
-
     net = model.module if hasattr(model, "module") else model
-    report = load_checkpoint(net.backbone.bottom_up, local, strict=False)
-    logger.info(f"Loaded backbone checkpoint {path}: {report}")
+    report = load_checkpoint(net, local, strict=False)
+    logger.info(f"Loaded checkpoint {path}: {report}")
 
 
 def do_test(cfg: Any, model: nn.Module) -> dict:
@@ -127,7 +111,7 @@ def do_train(cfg: Any, resume: bool = False) -> dict:
     model = create_ddp_model(model, **_ddp_kwargs(cfg))
     use_amp = cfg.train.amp.enabled and str(cfg.train.device).startswith("cuda")
     trainer = (AMPTrainer if use_amp else SimpleTrainer)(model, train_loader, optimizer)
-    checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    checkpointer = SafeDetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
 
     last_results: dict = {}
 

@@ -5,17 +5,25 @@ from __future__ import annotations
 
 import argparse
 import os
+import weakref
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
 from detectron2.engine import DefaultTrainer, default_setup
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
 
+from ..checkpoint import SafeDetectionCheckpointer
 from ..detection import add_mvitv2_config
 
 
 class Trainer(DefaultTrainer):
-    """``DefaultTrainer`` evaluating with ``COCOEvaluator(..., use_fast_impl=False)``."""
+    """``DefaultTrainer`` evaluating with ``COCOEvaluator(..., use_fast_impl=False)`` and
+    reading checkpoints with :class:`SafeDetectionCheckpointer`."""
+
+    def __init__(self, cfg: CfgNode):
+        super().__init__(cfg)
+        self.checkpointer = SafeDetectionCheckpointer(
+            self.model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str,
@@ -45,7 +53,7 @@ def run_yacs(args: argparse.Namespace) -> dict:
     cfg = setup_yacs(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        SafeDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         return Trainer.test(cfg, model)
