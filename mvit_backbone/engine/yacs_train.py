@@ -10,12 +10,18 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
 from detectron2.engine import DefaultTrainer, default_setup
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
+from detectron2.utils.events import EventWriter
 
 from ..detection import add_mvitv2_config
+from .progress import training_writers
 
 
 class Trainer(DefaultTrainer):
-    """``DefaultTrainer`` evaluating with ``COCOEvaluator(..., use_fast_impl=False)``."""
+    """``DefaultTrainer`` evaluating with ``COCOEvaluator(..., use_fast_impl=False)`` and
+    printing the shared progress line (:func:`~mvit_backbone.engine.progress.training_writers`)."""
+
+    def build_writers(self) -> list[EventWriter]:
+        return training_writers(self.cfg.OUTPUT_DIR, self.max_iter, self.cfg.MODEL.DEVICE)
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str,
