@@ -8,12 +8,13 @@ Two parts:
   weights are saved. The shipped ``weights/mvitv2_demo_shapes_pretrain.pth`` is made by
   ``tools/demo_pretrain.py`` with its default arguments. Pre-training scenes come from a random
   stream of their own, never from the demo's detection splits, and no box or instance label is
-  used. (A global shape-presence classifier, closer to ImageNet pre-training, was tried first:
-  on this CPU its loss stayed at the label prior after 12k images, while the per-pixel task
-  learns within minutes.)
+  used. (A global shape-presence classifier would be closer to ImageNet pre-training, but on
+  this CPU its loss stays at the label prior after 12k images, while the per-pixel task learns
+  within minutes.)
 - :func:`run_demo`: writes and registers the dataset, builds ``configs/Demo`` (Mask R-CNN),
-  loads the pretrained trunk, trains against a wall-clock budget (warm-up + cosine over an
-  iteration count re-estimated from the measured speed), evaluates with detectron2's
+  loads the pretrained trunk, trains against a wall-clock budget through the shared
+  :class:`~mvit_backbone.engine.loop.TrainLoop` (warm-up + cosine over an iteration count
+  re-estimated from the measured speed), evaluates with detectron2's
   ``COCOEvaluator`` (pycocotools) and draws predictions on val images.
 """
 from __future__ import annotations
@@ -197,7 +198,8 @@ def pretrain_backbone(out_path: str | os.PathLike, cfg: PretrainConfig = Pretrai
         num_workers=num_workers, persistent_workers=num_workers > 0,
     )
     schedule = WarmupCosine(warmup=cfg.warmup_iters / cfg.iters, start=0.01, end=0.02)
-    loop = TrainLoop(model, optimizer, lambda batch: nn.functional.cross_entropy(model(batch[0]), batch[1]),
+    loop = TrainLoop(model, optimizer,
+                     lambda batch: nn.functional.cross_entropy(model(batch[0]), batch[1]),
                      schedule, log_period=25, log=logger)
 
     def held_out_every_100(iteration: int, metrics: dict[str, float]) -> None:

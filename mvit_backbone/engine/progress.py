@@ -42,7 +42,7 @@ def progress_line(done: int, total: int, seconds_per_iter: float,
 class Progress:
     """Progress of a job of ``total`` steps (iterations, configurations, ...).
 
-    Each :meth:`step` records the time since the previous one; the time per step is the median
+    Each :meth:`step` records the time since the last one; the time per step is the median
     of the last ``window`` steps, so one slow step does not swing the ETA. ``total`` may be
     changed while the job runs (a job paced by the clock re-estimates it).
     """
