@@ -15,7 +15,8 @@ CPU). Rank 0 writes, under ``output_dir``: ``checkpoint_last.pth`` every epoch, 
 tensorboard scalars in ``tb/``, ``history.json``, ``training_curve.png`` and, at the end,
 ``metrics.json`` (``eval_metrics.json`` for ``eval_only``).
 
-:func:`run` is the entry point; ``projects/MViTv2/train_imagenet.py`` only parses arguments.
+:func:`run` is the entry point; ``projects/MViTv2/train_imagenet.py`` only parses arguments. The
+iterations run in the shared :class:`~mvit_backbone.engine.loop.TrainLoop`.
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ from torchvision.datasets import ImageFolder
 from ..data.image_folder import write_synthetic_image_folder
 from ..engine.loop import TrainLoop
 from ..engine.memory import PeakMemoryMeter
+from ..engine.optim import param_groups
 from ..engine.progress import Progress
 from ..engine.schedule import WarmupCosine
 from .models import create_model
@@ -48,9 +50,6 @@ from .models import create_model
 logger = logging.getLogger("mvit_backbone.classification.train")
 
 EVAL_PROTOCOLS = ("center", "full")
-# parameter names (last component) that never get weight decay, besides every 1-d tensor
-NO_DECAY_NAMES = ("pos_embed", "pos_embed_spatial", "pos_embed_temporal", "pos_embed_class",
-                  "cls_token", "rel_pos_h", "rel_pos_w", "rel_pos_t")
 
 
 class CorruptImageError(RuntimeError):
@@ -146,28 +145,6 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
 
 
 # --------------------------------------------------------------------------- optimisation
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two AdamW groups: decayed weight matrices, and the rest with ``weight_decay`` 0.
-
-    No decay for 1-d parameters (norm weights, biases) and for position embeddings, relative
-    positions and the class token (:data:`NO_DECAY_NAMES`). Group dicts carry ``names``.
-    """
-    decay, no_decay, decay_names, no_decay_names = [], [], [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.ndim <= 1 or name.endswith(".bias") or name.split(".")[-1] in NO_DECAY_NAMES:
-            no_decay.append(p)
-            no_decay_names.append(name)
-        else:
-            decay.append(p)
-            decay_names.append(name)
-    return [
-        {"params": decay, "weight_decay": weight_decay, "names": decay_names},
-        {"params": no_decay, "weight_decay": 0.0, "names": no_decay_names},
-    ]
 
 
 def lr_multiplier(cfg: TrainConfig, peak_lr: float) -> WarmupCosine:

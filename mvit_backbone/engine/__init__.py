@@ -1,7 +1,8 @@
 """The shared training pieces and the jobs behind ``tools/``.
 
 One training loop (``loop.TrainLoop``), one learning-rate schedule (``schedule.WarmupCosine``),
-one progress line with ETA (``progress``), one peak-memory meter (``memory.PeakMemoryMeter``);
+one progress line with ETA (``progress``), one peak-memory meter (``memory.PeakMemoryMeter``),
+the recipes' weight-decay groups (``optim.param_groups``);
 LazyConfig and yacs detector training on detectron2's hooks, analysis, prediction, and the demo
 job (``engine.demo``).
 """
@@ -11,12 +12,14 @@ from .launcher import argument_parser, launch_main
 from .lazy_train import build_model, do_eval_only, do_test, do_train, load_weights
 from .loop import TrainLoop
 from .memory import PeakMemoryMeter
+from .optim import NO_DECAY_NAMES, param_groups
 from .predict import predict_images
 from .progress import Progress, ProgressWriter, format_eta, progress_line, training_writers
 from .schedule import WarmupCosine
 from .yacs_train import Trainer, run_yacs, setup_yacs
 
 __all__ = [
+    "NO_DECAY_NAMES",
     "PeakMemoryMeter",
     "Progress",
     "ProgressWriter",
@@ -35,6 +38,7 @@ __all__ = [
     "launch_main",
     "load_coco_instances",
     "load_weights",
+    "param_groups",
     "parameter_table",
     "predict_images",
     "progress_line",

@@ -36,6 +36,7 @@ import torch.nn as nn
 from ..data.coco_synthetic import ShapesConfig, render_scene
 from .loop import TrainLoop
 from .memory import PeakMemoryMeter
+from .optim import param_groups
 from .progress import Progress
 from .schedule import WarmupCosine
 
@@ -186,13 +187,7 @@ def pretrain_backbone(out_path: str | os.PathLike, cfg: PretrainConfig = Pretrai
     val = [segmentation_sample(val_rng, cfg.scene) for _ in range(cfg.val_images)]
     val_x, val_y = torch.stack([v[0] for v in val]), torch.stack([v[1] for v in val])
 
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.ndim <= 1 or "rel_pos" in name else decay).append(p)
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr,
-    )
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
     loader = torch.utils.data.DataLoader(
         SegmentationStream(cfg.seed, cfg.scene), batch_size=cfg.batch_size,
         num_workers=num_workers, persistent_workers=num_workers > 0,
