@@ -93,6 +93,10 @@ def test_progress_writer_prints_the_shared_line(caplog: pytest.LogCaptureFixture
     line = caplog.records[-1].getMessage()
     assert line.startswith("eta: 0:00:03  iter: 4/10  loss_cls: 1  total_loss: 2  lr: 0.01  time: 0.500")
     assert "max_mem: " in line
+    with caplog.at_level(logging.INFO, logger="test.progress"), EventStorage(0) as storage:
+        storage.put_scalars(total_loss=2.0, lr=0.01)  # before IterationTimer's first time
+        writer.write()
+    assert caplog.records[-1].getMessage().startswith("eta: n/a  iter: 1/10  total_loss: 2  lr: 0.01  max_mem: ")
 
 
 def _regression(seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:

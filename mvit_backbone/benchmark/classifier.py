@@ -79,6 +79,6 @@ def timm_markdown(results: list[ClassifierBenchResult]) -> str:
     """A markdown table of :func:`run_timm_benchmark`'s results."""
     lines = ["| model | input | batch | mode | timm s | ours s | time ours/timm |",
              "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r.model} vs timm {r.timm_model} | {r.size}² | {r.batch} | {r.mode} | "
+    lines += [f"| `{r.model}` / timm `{r.timm_model}` | {r.size}² | {r.batch} | {r.mode} | "
               f"{r.timm_s:.3f} | {r.ours_s:.3f} | {r.time_ratio:.2f} |" for r in results]
     return "\n".join(lines) + "\n"

@@ -24,16 +24,19 @@ def format_eta(seconds: float) -> str:
     return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def progress_line(done: int, total: int, seconds_per_iter: float,
+def progress_line(done: int, total: int, seconds_per_iter: float | None,
                   metrics: Mapping[str, float] | None = None, memory_mib: float | None = None,
                   unit: str = "iter") -> str:
     """``eta: H:MM:SS  iter: done/total  <metric>: value ...  time: s/iter  max_mem: NM``.
 
-    The ETA is ``seconds_per_iter`` times the iterations left.
+    The ETA is ``seconds_per_iter`` times the iterations left; with no iteration time yet
+    (``None``) it reads ``eta: n/a`` and ``time`` is left out.
     """
-    parts = [f"eta: {format_eta(seconds_per_iter * (total - done))}", f"{unit}: {done}/{total}"]
+    eta = "n/a" if seconds_per_iter is None else format_eta(seconds_per_iter * (total - done))
+    parts = [f"eta: {eta}", f"{unit}: {done}/{total}"]
     parts += [f"{k}: {v:.4g}" for k, v in (metrics or {}).items()]
-    parts.append(f"time: {seconds_per_iter:.3f}")
+    if seconds_per_iter is not None:
+        parts.append(f"time: {seconds_per_iter:.3f}")
     if memory_mib is not None:
         parts.append(f"max_mem: {memory_mib:.0f}M")
     return "  ".join(parts)
@@ -88,7 +91,8 @@ class Progress:
 class ProgressWriter(EventWriter):
     """detectron2 ``EventWriter`` printing :func:`progress_line` for a run of ``max_iter``
     iterations: the median of the last ``window`` values of every ``*loss*`` scalar and of
-    ``time`` (``hooks.IterationTimer``), the latest ``lr``, and the peak memory of ``device``."""
+    ``time`` (``hooks.IterationTimer``, which skips the first iterations: until then the ETA
+    reads n/a), the latest ``lr``, and the peak memory of ``device``."""
 
     def __init__(self, max_iter: int, device: str = "cpu", window: int = 20,
                  logger: logging.Logger | None = None):
@@ -99,13 +103,11 @@ class ProgressWriter(EventWriter):
     def write(self) -> None:
         storage = get_event_storage()
         latest = storage.latest()
-        if "time" not in latest:  # before the first timed iteration
-            return
         metrics = {k: storage.history(k).median(self.window) for k in sorted(latest) if "loss" in k}
         if "lr" in latest:
             metrics["lr"] = latest["lr"][0]
-        self.logger.info(progress_line(storage.iter + 1, self.max_iter,
-                                       storage.history("time").median(self.window), metrics,
+        seconds_per_iter = storage.history("time").median(self.window) if "time" in latest else None
+        self.logger.info(progress_line(storage.iter + 1, self.max_iter, seconds_per_iter, metrics,
                                        self.memory.peak_mib()))
 
 
