@@ -157,5 +157,6 @@ def test_train_loop_paced_by_a_budget_ends_on_time() -> None:
     loop = TrainLoop(model, optimizer, slow_loss, WarmupCosine(), log_period=1000)
     progress = Progress(total=10**6)
     stats = loop.run(iter(lambda: (x, y), None), progress, budget_seconds=0.5)
-    assert 15 <= stats["iters"] <= 60 and progress.done == progress.total
-    assert stats["seconds"] < 1.0
+    # the total is re-estimated every 5 iterations; sleeping alone allows at most 50
+    assert 5 <= stats["iters"] <= 50 and progress.done == progress.total
+    assert 0.3 < stats["seconds"] < 1.5
