@@ -6,12 +6,11 @@ accepts. The legacy TorchScript exporter cannot take the pooling conv, whose wei
 run time (one depthwise conv for all heads). Input sizes are fixed at export; the rel-pos tables
 are interpolated for that size during tracing, so the graph holds no interpolation.
 
-Peak memory of an export is sampled from ``/proc/self/statm`` while it runs.
+Peak memory of an export is the process's peak RSS during it (``PeakMemoryMeter``).
 """
 from __future__ import annotations
 
 import os
-import threading
 import time
 from dataclasses import dataclass
 from typing import Sequence
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .benchmark import rss_mib
+from .engine.memory import PeakMemoryMeter
 
 
 @dataclass
@@ -35,30 +34,6 @@ class ExportReport:
     file_mib: float
 
 
-class _PeakRSS:
-    """Samples the process RSS every ``interval`` seconds in a thread; ``peak`` is the maximum."""
-
-    def __init__(self, interval: float = 0.01):
-        self.interval = interval
-        self.peak = rss_mib()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, rss_mib())
-            time.sleep(self.interval)
-
-    def __enter__(self) -> "_PeakRSS":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, rss_mib())
-
-
 def export_onnx(
     model: nn.Module, example: torch.Tensor, path: str, opset_version: int = 18
 ) -> ExportReport:
@@ -68,15 +43,15 @@ def export_onnx(
     ``out_features`` order.
     """
     model = model.eval()
-    start_rss = rss_mib()
     start = time.perf_counter()
-    with _PeakRSS() as peak, torch.no_grad():
+    with PeakMemoryMeter("cpu") as peak, torch.no_grad():
         program = torch.onnx.export(
             model, (example,), dynamo=True, opset_version=opset_version, verbose=False
         )
         program.save(path)
     seconds = time.perf_counter() - start
-    return ExportReport(path, seconds, peak.peak, peak.peak - start_rss, os.path.getsize(path) / 2**20)
+    return ExportReport(path, seconds, peak.peak_mib(), peak.growth_mib(),
+                        os.path.getsize(path) / 2**20)
 
 
 def _flat_outputs(out) -> list[torch.Tensor]:

@@ -20,7 +20,7 @@ from mvit_backbone.classification.train import (
     CheckpointError,
     TrainConfig,
     load_config,
-    lr_at,
+    lr_multiplier,
     param_groups,
     run,
 )
@@ -80,12 +80,16 @@ def test_lr_schedule_warmup_then_half_cosine() -> None:
                       batch_size=128, warmup_start_lr=1e-6, end_lr=1e-6)
     peak = cfg.peak_lr(world_size=8)  # 128 x 8 = 1024 images: half of 2e-3
     assert peak == pytest.approx(1e-3)
-    assert lr_at(0, peak, cfg) == pytest.approx(1e-6)
-    assert lr_at(35, peak, cfg) == pytest.approx((1e-6 + 1e-3) / 2)
-    assert lr_at(70, peak, cfg) == pytest.approx(peak)
-    assert lr_at(185, peak, cfg) == pytest.approx((peak + 1e-6) / 2)  # half-way down the cosine
-    assert lr_at(300, peak, cfg) == pytest.approx(1e-6)
-    lrs = [lr_at(e, peak, cfg) for e in range(70, 301)]
+
+    def lr_at(epoch: float) -> float:
+        return peak * lr_multiplier(cfg, peak)(epoch / cfg.epochs)
+
+    assert lr_at(0) == pytest.approx(1e-6)
+    assert lr_at(35) == pytest.approx((1e-6 + 1e-3) / 2)
+    assert lr_at(70) == pytest.approx(peak)
+    assert lr_at(185) == pytest.approx((peak + 1e-6) / 2)  # half-way down the cosine
+    assert lr_at(300) == pytest.approx(1e-6)
+    lrs = [lr_at(e) for e in range(70, 301)]
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
 
 
@@ -120,7 +124,7 @@ def test_short_run_lowers_loss_and_writes_outputs(trained: tuple[Path, dict]) ->
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["final"]["val_center_top1"] == pytest.approx(hist[-1]["val_center_top1"])
     log = (out / "log.txt").read_text()
-    assert "ETA" in log and "top-1" in log and "top-5" in log
+    assert "eta: " in log and "max_mem: " in log and "top-1" in log and "top-5" in log
 
 
 def test_resume_continues_at_epoch_and_lr(trained: tuple[Path, dict], tmp_path: Path, data: Path) -> None:
@@ -132,10 +136,11 @@ def test_resume_continues_at_epoch_and_lr(trained: tuple[Path, dict], tmp_path: 
     assert [h["epoch"] for h in hist] == [0, 1, 2, 3]
     assert hist[:2] == ref[:2]  # carried over from the checkpoint
     peak = cfg.peak_lr(1)
-    assert hist[2]["lr"] == pytest.approx(lr_at(2, peak, cfg)) == pytest.approx(ref[2]["lr"])
+    assert hist[2]["lr"] == pytest.approx(peak * lr_multiplier(cfg, peak)(2 / cfg.epochs))
+    assert hist[2]["lr"] == pytest.approx(ref[2]["lr"])
     assert hist[3]["lr"] == pytest.approx(ref[3]["lr"])
     log = (tmp_path / "log.txt").read_text()
-    assert "resumed from" in log and "epoch 3/4" in log and "epoch 1/4  iter" not in log
+    assert "resumed from" in log and "epoch 3/4" in log and "epoch 1/4  eta" not in log
     ckpt = torch.load(tmp_path / "checkpoint_last.pth", weights_only=True)
     assert ckpt["epoch"] == 3
     # resuming a finished run trains nothing more
@@ -198,7 +203,7 @@ def test_two_process_gloo_training(data: Path, tmp_path: Path) -> None:
     log = (tmp_path / "ddp" / "log.txt").read_text()
     assert "2 process(es)" in log and "total batch 16" in log
     # 96 images, 2 repeats, per rank 48 selected -> 6 batches of 8 per rank
-    assert "iter 6/6" in log
+    assert "epoch 1/1  eta: " in log and "iter: 6/6" in log
     assert math.isfinite(metrics["history"][0]["train_loss"])
     # every val image counted once across the two shards (24 = 4 classes x 6)
     assert "(center, 24 images)" in log and "(full, 24 images)" in log

@@ -10,7 +10,7 @@ import torch
 from detectron2.config import LazyConfig, instantiate
 
 from mvit_backbone.data import DatasetError, write_coco_split
-from mvit_backbone.demo import (
+from mvit_backbone.engine.demo import (
     DEFAULT_CONFIG,
     DEFAULT_WEIGHTS,
     PretrainConfig,

@@ -147,6 +147,8 @@ def test_det_resume_continues_from_last_checkpoint(resumed_run):
     assert 0 < max(diffs) < 1e-4
     iterations = _iterations(out)
     assert iterations.count(0) == 1 and iterations[-1] == 5
+    # detectron2's hooks print the package's progress line (ETA, losses, lr, peak memory)
+    assert re.search(r"eta: 0:00:00  iter: 6/6  .*total_loss: .*  lr: .*  max_mem: \d+M", log)
 
 
 @pytest.mark.slow
@@ -177,7 +179,7 @@ def test_det_two_process_gloo_training(tiny_coco, tmp_path):
 
 def test_det_yacs_train_net_with_model_zoo_config(tiny_coco, tmp_path):
     zoo = model_zoo.get_config_file("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml")
-    _run([
+    log = _run([
         sys.executable, "tools/train_net.py", "--config-file", zoo, *_register_args(tiny_coco),
         "MODEL.BACKBONE.NAME", "build_mvitv2_fpn_backbone", "MODEL.DEVICE", "cpu",
         "MODEL.WEIGHTS", "", "INPUT.FORMAT", "RGB",
@@ -193,6 +195,8 @@ def test_det_yacs_train_net_with_model_zoo_config(tiny_coco, tmp_path):
     weights = torch.load(tmp_path / "model_final.pth", weights_only=True)["model"]
     assert "backbone.bottom_up.blocks.9.attn.rel_pos_h" in weights
     assert "backbone.fpn_lateral2.weight" in weights
+    # 2 iterations: fewer than IterationTimer's warm-up, so no iteration time and no ETA
+    assert re.search(r"eta: n/a  iter: 2/2  .*total_loss: .*max_mem: \d+M", log)
 
 
 def test_det_detectron2_checkpoint_gives_identical_outputs(tmp_path):

@@ -77,3 +77,21 @@ def test_attention_kernels_time_every_implementation_with_its_flop_rate():
     for times in result.values():
         assert times["fwd"] > 0 and times["fwd+bwd"] > 0
         assert times["fwd_gflops"] == pytest.approx(gflop / times["fwd"])
+
+
+def test_timm_comparison_runs_both_modes_on_the_same_function():
+    import torch
+
+    from mvit_backbone.benchmark import build_timm_pair, run_timm_benchmark, timm_markdown
+
+    reference, ours = build_timm_pair("mvitv2_t")
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.eval()(x), reference.eval()(x), rtol=0, atol=1e-4)
+    lines: list[str] = []
+    results = run_timm_benchmark(batches={"fwd": 1, "fwd+bwd": 1}, repeats=1, log=lines.append)
+    assert [(r.mode, r.batch, r.size) for r in results] == [("fwd", 1, 224), ("fwd+bwd", 1, 224)]
+    for r in results:
+        assert r.timm_s > 0 and r.ours_s > 0 and r.time_ratio == pytest.approx(r.ours_s / r.timm_s)
+    assert lines[-1].startswith("eta: 0:00:00  mode: 2/2")
+    assert "| `mvitv2_t` / timm `mvitv2_tiny` | 224² | 1 | fwd+bwd |" in timm_markdown(results)

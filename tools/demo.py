@@ -11,7 +11,7 @@ import os
 
 import torch
 
-from mvit_backbone.demo import DEFAULT_CONFIG, run_demo
+from mvit_backbone.engine.demo import DEFAULT_CONFIG, run_demo
 
 
 def main() -> None:

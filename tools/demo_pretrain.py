@@ -13,7 +13,7 @@ import logging
 
 import torch
 
-from mvit_backbone.demo import DEFAULT_WEIGHTS, PretrainConfig, pretrain_backbone
+from mvit_backbone.engine.demo import DEFAULT_WEIGHTS, PretrainConfig, pretrain_backbone
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ Slimmer than the paper's Mask R-CNN MViTv2-T (configs/COCO-InstanceSegmentation)
 Recipe kept from the paper: AdamW, warm-up + cosine schedule, no weight decay on norms and
 relative positions, and the backbone starts from a pre-trained checkpoint
 (``train.init_checkpoint``: per-pixel shape classification of separate synthetic scenes, made by
-``tools/demo_pretrain.py``; see ``mvit_backbone/demo.py``).
+``tools/demo_pretrain.py``; see ``mvit_backbone/engine/demo.py``).
 
 ``tools/demo.py`` trains this config against a wall-clock budget (the number of iterations
 follows the measured speed); ``train.max_iter`` is used only by fixed-length engines.
@@ -32,11 +32,10 @@ from detectron2.data import (
 import detectron2.data.transforms as T
 from detectron2.evaluation import COCOEvaluator
 from detectron2.layers import ShapeSpec
-from detectron2.solver import WarmupParamScheduler
-from fvcore.common.param_scheduler import CosineParamScheduler
 
 from mvit_backbone import MViT
-from mvit_backbone.demo import DEMO_BACKBONE, DEMO_PIXEL_MEAN, DEMO_PIXEL_STD
+from mvit_backbone.engine.demo import DEMO_BACKBONE, DEMO_PIXEL_MEAN, DEMO_PIXEL_STD
+from mvit_backbone.engine.schedule import WarmupCosine
 
 # dataset written by the demo itself: split -> (images, seed)
 demo = dict(
@@ -122,11 +121,7 @@ optimizer.params.overrides = {
     "rel_pos_w": {"weight_decay": 0.0},
 }
 
-lr_multiplier = L(WarmupParamScheduler)(
-    scheduler=L(CosineParamScheduler)(start_value=1.0, end_value=0.02),
-    warmup_length=0.05,
-    warmup_factor=0.01,
-)
+lr_multiplier = L(WarmupCosine)(warmup=0.05, start=0.01, end=0.02)
 
 train = model_zoo.get_config("common/train.py").train
 train.output_dir = "output/demo"

@@ -15,14 +15,14 @@ CPU). Rank 0 writes, under ``output_dir``: ``checkpoint_last.pth`` every epoch, 
 tensorboard scalars in ``tb/``, ``history.json``, ``training_curve.png`` and, at the end,
 ``metrics.json`` (``eval_metrics.json`` for ``eval_only``).
 
-:func:`run` is the entry point; ``projects/MViTv2/train_imagenet.py`` only parses arguments.
+:func:`run` is the entry point; ``projects/MViTv2/train_imagenet.py`` only parses arguments. The
+iterations run in the shared :class:`~mvit_backbone.engine.loop.TrainLoop`.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import logging
-import math
 import os
 import random
 import sys
@@ -41,14 +41,16 @@ from torchvision.datasets import ImageFolder
 
 from ..checkpoint import CheckpointReadError, read_checkpoint
 from ..data.image_folder import write_synthetic_image_folder
+from ..engine.loop import TrainLoop
+from ..engine.memory import PeakMemoryMeter
+from ..engine.optim import param_groups
+from ..engine.progress import Progress
+from ..engine.schedule import WarmupCosine
 from .models import create_model
 
 logger = logging.getLogger("mvit_backbone.classification.train")
 
 EVAL_PROTOCOLS = ("center", "full")
-# parameter names (last component) that never get weight decay, besides every 1-d tensor
-NO_DECAY_NAMES = ("pos_embed", "pos_embed_spatial", "pos_embed_temporal", "pos_embed_class",
-                  "cls_token", "rel_pos_h", "rel_pos_w", "rel_pos_t")
 
 
 class CorruptImageError(RuntimeError):
@@ -146,42 +148,19 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
 # --------------------------------------------------------------------------- optimisation
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two AdamW groups: decayed weight matrices, and the rest with ``weight_decay`` 0.
-
-    No decay for 1-d parameters (norm weights, biases) and for position embeddings, relative
-    positions and the class token (:data:`NO_DECAY_NAMES`). Group dicts carry ``names``.
-    """
-    decay, no_decay, decay_names, no_decay_names = [], [], [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.ndim <= 1 or name.endswith(".bias") or name.split(".")[-1] in NO_DECAY_NAMES:
-            no_decay.append(p)
-            no_decay_names.append(name)
-        else:
-            decay.append(p)
-            decay_names.append(name)
-    return [
-        {"params": decay, "weight_decay": weight_decay, "names": decay_names},
-        {"params": no_decay, "weight_decay": 0.0, "names": no_decay_names},
-    ]
+def lr_multiplier(cfg: TrainConfig, peak_lr: float) -> WarmupCosine:
+    """The learning rate over training as a multiple of ``peak_lr`` (a function of the fraction
+    of training done): linear warm-up from ``warmup_start_lr`` to ``peak_lr`` over
+    ``warmup_epochs``, then half-period cosine down to ``end_lr`` at ``epochs``."""
+    return WarmupCosine(peak=1.0, warmup=cfg.warmup_epochs / cfg.epochs,
+                        start=cfg.warmup_start_lr / peak_lr, end=cfg.end_lr / peak_lr)
 
 
-def lr_at(epoch: float, peak_lr: float, cfg: TrainConfig) -> float:
-    """Learning rate at a fractional ``epoch``: linear warm-up from ``warmup_start_lr`` to
-    ``peak_lr`` over ``warmup_epochs``, then half-period cosine down to ``end_lr`` at ``epochs``."""
-    if epoch < cfg.warmup_epochs:
-        return cfg.warmup_start_lr + (peak_lr - cfg.warmup_start_lr) * epoch / cfg.warmup_epochs
-    span = max(cfg.epochs - cfg.warmup_epochs, 1e-8)
-    progress = min((epoch - cfg.warmup_epochs) / span, 1.0)
-    return cfg.end_lr + (peak_lr - cfg.end_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups`; the lr is set every step by the schedule."""
+def build_optimizer(model: nn.Module, cfg: TrainConfig, peak_lr: float) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups` at ``peak_lr``; the training loop scales it every step
+    by :func:`lr_multiplier`."""
     groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups(model, cfg.weight_decay)]
-    return torch.optim.AdamW(groups, lr=cfg.warmup_start_lr, betas=tuple(cfg.betas))
+    return torch.optim.AdamW(groups, lr=peak_lr, betas=tuple(cfg.betas))
 
 
 # --------------------------------------------------------------------------- data
@@ -359,11 +338,6 @@ def evaluate(model: nn.Module, loader: DataLoader, info: DistInfo, amp_ctx) -> d
             "loss": loss_sum / max(n, 1), "count": int(n)}
 
 
-def _format_eta(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
 def _setup_logging(output_dir: Path, info: DistInfo) -> None:
     logger.setLevel(logging.INFO if info.is_main else logging.WARNING)
     logger.propagate = False
@@ -530,7 +504,25 @@ class _Run:
         if cfg.weights:
             self._load_weights()
         model = self.model
-        optimizer = build_optimizer(model, cfg)
+        peak = cfg.peak_lr(info.world_size)
+        optimizer = build_optimizer(model, cfg, peak)
+        ddp = model
+        if info.world_size > 1:
+            ddp = nn.parallel.DistributedDataParallel(
+                model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
+
+        def loss_fn(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+            images, target = (t.to(info.device, non_blocking=True) for t in batch)
+            if mixup is not None:
+                images, target = mixup(images, target)
+            return criterion(ddp(images), target)
+
+        schedule = lr_multiplier(cfg, peak)
+        # made before a resumed optimizer state is loaded: the loop records each group's peak
+        # lr in the optimizer, and the saved state brings it back
+        loop = TrainLoop(ddp, optimizer, loss_fn, schedule, scaler=self.scaler,
+                         clip_grad=cfg.clip_grad, autocast=self.amp_ctx,
+                         log_period=cfg.log_period, log=logger)
         ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema else None
         history: list[dict[str, Any]] = []
         start_epoch = 0
@@ -550,63 +542,37 @@ class _Run:
             history = list(ckpt["history"])
             start_epoch = int(ckpt["epoch"]) + 1
             logger.info("resumed from %s at epoch %d", path, start_epoch)
-        ddp = model
-        if info.world_size > 1:
-            ddp = nn.parallel.DistributedDataParallel(
-                model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
 
         tb = None
         if info.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
             tb = SummaryWriter(str(self.out / "tb"))
-        peak = cfg.peak_lr(info.world_size)
         iters = len(loader)
         logger.info("training %d epochs from epoch %d: %d iterations/epoch, total batch %d, "
                     "peak lr %.3g, warm-up %.1f epochs", cfg.epochs, start_epoch, iters,
                     cfg.batch_size * info.world_size, peak, cfg.warmup_epochs)
+        progress = Progress(cfg.epochs * iters, done=start_epoch * iters,
+                            memory=PeakMemoryMeter(info.device))
+
+        def after_step(iteration: int, metrics: dict[str, float]) -> None:
+            if ema is not None:
+                ema.update(model, step=iteration)
+            if tb is not None and (iteration + 1) % cfg.log_period == 0:
+                tb.add_scalar("train/loss", metrics["loss"], iteration)
+                tb.add_scalar("train/lr", metrics["lr"], iteration)
+
         t_start = time.time()
-        done_iters, total_iters = 0, (cfg.epochs - start_epoch) * iters
         for epoch in range(start_epoch, cfg.epochs):
             sampler.set_epoch(epoch)
-            ddp.train()
-            loss_sum, n_seen = 0.0, 0
-            epoch_lr = lr_at(epoch, peak, cfg)
             t_epoch = time.time()
-            for it, (images, target) in enumerate(loader):
-                lr = lr_at(epoch + it / iters, peak, cfg)
-                for g in optimizer.param_groups:
-                    g["lr"] = lr
-                images, target = images.to(info.device, non_blocking=True), target.to(info.device)
-                if mixup is not None:
-                    images, target = mixup(images, target)
-                with self.amp_ctx():
-                    loss = criterion(ddp(images), target)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch} iteration {it}")
-                optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
-                if cfg.clip_grad > 0:
-                    self.scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-                self.scaler.step(optimizer)
-                self.scaler.update()
-                if ema is not None:
-                    ema.update(model, step=epoch * iters + it)
-                loss_sum += loss.item() * len(images)
-                n_seen += len(images)
-                done_iters += 1
-                if (it + 1) % cfg.log_period == 0 or it + 1 == iters:
-                    elapsed = time.time() - t_start
-                    eta = elapsed / done_iters * (total_iters - done_iters)
-                    logger.info("epoch %d/%d  iter %d/%d  loss %.4f  lr %.3g  ETA %s", epoch + 1,
-                                cfg.epochs, it + 1, iters, loss.item(), lr, _format_eta(eta))
-                    if tb is not None:
-                        step = epoch * iters + it
-                        tb.add_scalar("train/loss", loss.item(), step)
-                        tb.add_scalar("train/lr", lr, step)
-            loss_total, seen_total = all_reduce_sum([loss_sum, n_seen], info)
-            record: dict[str, Any] = {"epoch": epoch, "lr": epoch_lr, "train_loss": loss_total / seen_total,
+            epoch_stats = loop.run(loader, progress, on_step=after_step,
+                                   prefix=f"epoch {epoch + 1}/{cfg.epochs}  ")
+            epoch_lr = peak * schedule(epoch / cfg.epochs)
+            # every process runs the same number of equal batches (drop_last)
+            loss_total, = all_reduce_sum([epoch_stats["loss"]], info)
+            record: dict[str, Any] = {"epoch": epoch, "lr": epoch_lr,
+                                      "train_loss": loss_total / info.world_size,
                                       "epoch_time_s": time.time() - t_epoch}
             record.update(self.evaluate_all(model, cfg.eval_protocols))
             if ema is not None:

@@ -13,13 +13,14 @@ from typing import Any
 
 import torch.nn as nn
 from detectron2.config import instantiate
-from detectron2.engine import AMPTrainer, SimpleTrainer, default_writers, hooks
+from detectron2.engine import AMPTrainer, SimpleTrainer, hooks
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
 from ..checkpoint import SafeDetectionCheckpointer, load_checkpoint
+from .progress import training_writers
 
 logger = logging.getLogger("detectron2")  # the logger default_setup() prints
 
@@ -96,7 +97,8 @@ def do_train(cfg: Any, resume: bool = False) -> dict:
 
     Hooks: iteration timer, LR scheduler, periodic checkpointer (``cfg.train.checkpointer``),
     evaluation every ``cfg.train.eval_period`` iterations and at the end (:func:`do_test`),
-    and detectron2's ``default_writers`` (console with ETA, ``metrics.json``, tensorboard) every
+    and :func:`~mvit_backbone.engine.progress.training_writers` (the shared progress line with
+    ETA and peak memory, ``metrics.json``, tensorboard) every
     ``cfg.train.log_period`` iterations. AMP is used when ``cfg.train.amp.enabled`` and the
     device is CUDA. Call detectron2's ``setup_logger`` first to see the progress.
 
@@ -127,7 +129,7 @@ def do_train(cfg: Any, resume: bool = False) -> dict:
         hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main else None,
         hooks.EvalHook(cfg.train.eval_period, evaluate),
         hooks.PeriodicWriter(
-            default_writers(cfg.train.output_dir, cfg.train.max_iter),
+            training_writers(cfg.train.output_dir, cfg.train.max_iter, str(cfg.train.device)),
             period=cfg.train.log_period,
         ) if main else None,
     ])

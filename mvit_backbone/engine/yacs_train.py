@@ -10,20 +10,26 @@ import weakref
 from detectron2.config import CfgNode, get_cfg
 from detectron2.engine import DefaultTrainer, default_setup
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
+from detectron2.utils.events import EventWriter
 
 from ..checkpoint import SafeDetectionCheckpointer
 from ..detection import add_mvitv2_config
+from .progress import training_writers
 
 
 class Trainer(DefaultTrainer):
-    """``DefaultTrainer`` evaluating with ``COCOEvaluator(..., use_fast_impl=False)`` and
-    reading checkpoints with :class:`SafeDetectionCheckpointer`."""
+    """``DefaultTrainer`` evaluating with ``COCOEvaluator(..., use_fast_impl=False)``,
+    reading checkpoints with :class:`SafeDetectionCheckpointer` and printing the shared
+    progress line (:func:`~mvit_backbone.engine.progress.training_writers`)."""
 
     def __init__(self, cfg: CfgNode):
         super().__init__(cfg)
         self.checkpointer = SafeDetectionCheckpointer(
             self.model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
         )
+
+    def build_writers(self) -> list[EventWriter]:
+        return training_writers(self.cfg.OUTPUT_DIR, self.max_iter, self.cfg.MODEL.DEVICE)
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str,

@@ -4,8 +4,9 @@ Both models are built with detectron2's arguments for an MViTv2 variant and shar
 weights (detectron2's ``state_dict`` loaded into ours). Timings are interleaved in one process
 (reference, ours, reference, ours, ...) after warm-up, so load from other processes hits both
 alike; the reported figure per model is the median, and the ratio is ours / detectron2.
-Peak memory is measured per configuration in a fresh subprocess: on CPU the growth of peak RSS
-over the RSS before the step, on CUDA ``torch.cuda.max_memory_allocated``.
+Peak memory is measured per configuration in a fresh subprocess (``python -m
+mvit_backbone.benchmark SPEC``) by :class:`~mvit_backbone.engine.memory.PeakMemoryMeter`: on CPU
+the growth of peak RSS over the RSS before the step, on CUDA ``torch.cuda.max_memory_allocated``.
 
 Shapes: inputs are (batch, 3, H, W) images; "fwd" runs the backbone under ``no_grad`` in eval
 mode, "fwd+bwd" runs it in train mode and back-propagates the sum of all feature maps.
@@ -31,6 +32,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..engine.memory import PeakMemoryMeter
+from ..engine.progress import Progress
+
 MODES = ("fwd", "fwd+bwd")
 
 
@@ -53,7 +57,7 @@ class BenchResult:
 
 def reference_kwargs(variant: str) -> dict:
     """detectron2 ``MViT`` arguments of an MViTv2 variant, as in detectron2's COCO configs."""
-    from .mvit import mvitv2_variant
+    from ..mvit import mvitv2_variant
 
     return dict(
         mvitv2_variant(variant),
@@ -69,7 +73,7 @@ def build_model(impl: str, variant: str, **ours_kwargs) -> nn.Module:
         from detectron2.modeling import MViT as D2MViT
 
         return D2MViT(**reference_kwargs(variant))
-    from .detection import MViT
+    from ..detection import MViT
 
     return MViT(**reference_kwargs(variant), **ours_kwargs)
 
@@ -84,7 +88,8 @@ def build_pair(variant: str, **ours_kwargs) -> tuple[nn.Module, nn.Module]:
 
 
 def run_step(model: nn.Module, x: torch.Tensor, mode: str) -> None:
-    """One forward ("fwd", no_grad, eval) or forward+backward ("fwd+bwd", train)."""
+    """One forward ("fwd", no_grad, eval) or forward+backward ("fwd+bwd", train: the sum of
+    every output, a backbone's feature maps or a classifier's logits, back-propagated)."""
     if mode == "fwd":
         model.eval()
         with torch.no_grad():
@@ -93,7 +98,7 @@ def run_step(model: nn.Module, x: torch.Tensor, mode: str) -> None:
         model.train()
         model.zero_grad(set_to_none=True)
         out = model(x)
-        sum(o.float().sum() for o in out.values()).backward()
+        sum(o.float().sum() for o in (out.values() if isinstance(out, dict) else [out])).backward()
     else:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if x.is_cuda:
@@ -158,32 +163,15 @@ def keep_freed_memory() -> None:
         raise RuntimeError("glibc's mallopt refused M_MMAP_MAX=0 / M_TRIM_THRESHOLD=INT_MAX")
 
 
-def rss_mib() -> float:
-    """Current resident set size of this process (/proc/self/statm), MiB."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _peakrss_mib() -> float:
-    """High-water mark of this process's RSS (``VmHWM`` of /proc/self/status), MiB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("VmHWM not found in /proc/self/status")
-
-
 def measure_peak_memory(
     impl: str, variant: str, height: int, width: int, batch: int, mode: str, device: str = "cpu"
 ) -> float:
     """Peak memory (MiB) of one step, in this process (call it in a fresh one).
 
-    CPU: the process's peak RSS (``VmHWM``) after the first step minus the RSS before it (model
-    and input built); a warm-up step would hide the step's peak behind the high-water mark,
-    which never falls. (``ru_maxrss`` is not used: after fork + exec it starts from the parent's
-    RSS, so in a subprocess of a large benchmark it reports the parent's size.)
-    CUDA: after one warm-up step, ``torch.cuda.max_memory_allocated`` over a step minus the
-    memory held before it.
+    CPU: the growth of the process's peak RSS over one step, the first: a warm-up step would
+    leave its memory in glibc's heap. CUDA: after one warm-up step, the growth of
+    ``torch.cuda.max_memory_allocated`` over a step. Both read
+    :class:`~mvit_backbone.engine.memory.PeakMemoryMeter`.
     """
     torch.manual_seed(0)
     model = build_model(impl, variant).to(device)
@@ -192,14 +180,10 @@ def measure_peak_memory(
         run_step(model, x, mode)
         model.zero_grad(set_to_none=True)
         torch.cuda.empty_cache()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        run_step(model, x, mode)
-        return (torch.cuda.max_memory_allocated() - base) / 2**20
     gc.collect()
-    base = rss_mib()
-    run_step(model, x, mode)
-    return _peakrss_mib() - base
+    with PeakMemoryMeter(device) as meter:
+        run_step(model, x, mode)
+    return meter.growth_mib()
 
 
 def peak_memory_subprocess(
@@ -231,8 +215,9 @@ def run_benchmark(
     log=print,
 ) -> list[BenchResult]:
     """Every (variant, size, batch, mode): interleaved medians (unless ``timing=False``, then
-    NaN) and, optionally, peak memory."""
+    NaN) and, optionally, peak memory; ``log`` gets each result and a progress line with ETA."""
     results = []
+    progress = Progress(len(variants) * len(sizes) * len(batches) * len(modes), unit="config")
     for variant in variants:
         ref, ours = build_pair(variant)
         ref.to(device)
@@ -249,7 +234,9 @@ def run_benchmark(
                         r.d2_mib = peak_memory_subprocess("d2", variant, h, w, batch, mode, device, threads)
                         r.ours_mib = peak_memory_subprocess("ours", variant, h, w, batch, mode, device, threads)
                         r.mem_ratio = r.ours_mib / r.d2_mib
+                    progress.step()
                     log(json.dumps(asdict(r)))
+                    log(progress.line())
                     results.append(r)
         del ref, ours
         gc.collect()
@@ -307,8 +294,8 @@ def attention_kernels(
     through each attend implementation of ``mvit_backbone.kernels`` and the reference ("fwd"
     under no_grad and "fwd+bwd"), and the forward's GFLOP/s counting q·kᵀ and p·v only
     ("fwd_gflops")."""
-    from .kernels import explicit_attend, folded_attend, sdpa_attend
-    from .layers import attend, rel_pos_lookup, rel_pos_terms
+    from ..kernels import explicit_attend, folded_attend, sdpa_attend
+    from ..layers import attend, rel_pos_lookup, rel_pos_terms
 
     torch.manual_seed(0)
     tables = [torch.randn(2 * q_window - 1, dim, device=device) for _ in range(2)]
@@ -397,7 +384,7 @@ LINEAR_SHAPES = (
 def linear_kernels(repeats: int = 5) -> list[dict[str, float]]:
     """GFLOP/s of ``F.linear`` (MKL sgemm) and of our oneDNN ``linear`` on the MViT Linear
     shapes, forward (interleaved, medians), and the max abs difference of their outputs."""
-    from .kernels.linear import linear
+    from ..kernels.linear import linear
 
     results = []
     for tokens, d_in, d_out in LINEAR_SHAPES:
@@ -456,8 +443,3 @@ def plot(results: Sequence[BenchResult], path: str) -> None:
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
-
-if __name__ == "__main__":
-    # the subprocess entry of peak_memory_subprocess: one JSON spec in, MiB out
-    spec = json.loads(sys.argv[1])
-    print(measure_peak_memory(**spec))

@@ -8,20 +8,19 @@ Two parts:
   weights are saved. The shipped ``weights/mvitv2_demo_shapes_pretrain.pth`` is made by
   ``tools/demo_pretrain.py`` with its default arguments. Pre-training scenes come from a random
   stream of their own, never from the demo's detection splits, and no box or instance label is
-  used. (A global shape-presence classifier, closer to ImageNet pre-training, was tried first:
-  on this CPU its loss stayed at the label prior after 12k images, while the per-pixel task
-  learns within minutes.)
+  used. (A global shape-presence classifier would be closer to ImageNet pre-training, but on
+  this CPU its loss stays at the label prior after 12k images, while the per-pixel task learns
+  within minutes.)
 - :func:`run_demo`: writes and registers the dataset, builds ``configs/Demo`` (Mask R-CNN),
-  loads the pretrained trunk, trains against a wall-clock budget (warm-up + cosine over an
-  iteration count re-estimated from the measured speed), evaluates with detectron2's
+  loads the pretrained trunk, trains against a wall-clock budget through the shared
+  :class:`~mvit_backbone.engine.loop.TrainLoop` (warm-up + cosine over an iteration count
+  re-estimated from the measured speed), evaluates with detectron2's
   ``COCOEvaluator`` (pycocotools) and draws predictions on val images.
 """
 from __future__ import annotations
 
-import datetime
 import json
 import logging
-import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -34,10 +33,15 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .checkpoint import load_checkpoint
-from .data.coco_synthetic import ShapesConfig, render_scene
+from ..checkpoint import load_checkpoint
+from ..data.coco_synthetic import ShapesConfig, render_scene
+from .loop import TrainLoop
+from .memory import PeakMemoryMeter
+from .optim import param_groups
+from .progress import Progress
+from .schedule import WarmupCosine
 
-logger = logging.getLogger("mvit_backbone.demo")
+logger = logging.getLogger("mvit_backbone.engine.demo")
 
 # The demo trunk: MViTv2 of width 48, depth 6 (stages of 1, 1, 3, 1 blocks), global pooling
 # attention; rel-pos tables sized for the 64² pre-training scenes (interpolated for larger
@@ -60,10 +64,6 @@ DEMO_PIXEL_MEAN: tuple[float, float, float] = (103.530, 116.280, 123.675)
 DEMO_PIXEL_STD: tuple[float, float, float] = (57.375, 57.120, 58.395)
 DEFAULT_WEIGHTS = "weights/mvitv2_demo_shapes_pretrain.pth"
 DEFAULT_CONFIG = "configs/Demo/mask_rcnn_mvitv2_demo.py"
-
-
-def _fmt_eta(seconds: float) -> str:
-    return str(datetime.timedelta(seconds=int(max(seconds, 0))))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,7 +130,7 @@ class SegmentationPretrainModel(nn.Module):
 
     def __init__(self, num_classes: int, drop_path_rate: float = 0.0, head_dim: int = 64):
         super().__init__()
-        from .detection import MViT
+        from ..detection import MViT
 
         self.backbone = MViT(drop_path_rate=drop_path_rate, **DEMO_BACKBONE)
         shapes = self.backbone.output_shape()
@@ -188,39 +188,23 @@ def pretrain_backbone(out_path: str | os.PathLike, cfg: PretrainConfig = Pretrai
     val = [segmentation_sample(val_rng, cfg.scene) for _ in range(cfg.val_images)]
     val_x, val_y = torch.stack([v[0] for v in val]), torch.stack([v[1] for v in val])
 
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.ndim <= 1 or "rel_pos" in name else decay).append(p)
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr,
-    )
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
     loader = torch.utils.data.DataLoader(
         SegmentationStream(cfg.seed, cfg.scene), batch_size=cfg.batch_size,
         num_workers=num_workers, persistent_workers=num_workers > 0,
     )
+    schedule = WarmupCosine(warmup=cfg.warmup_iters / cfg.iters, start=0.01, end=0.02)
+    loop = TrainLoop(model, optimizer,
+                     lambda batch: nn.functional.cross_entropy(model(batch[0]), batch[1]),
+                     schedule, log_period=25, log=logger)
+
+    def held_out_every_100(iteration: int, metrics: dict[str, float]) -> None:
+        if (iteration + 1) % 100 == 0 and iteration + 1 < cfg.iters:
+            logger.info("pretrain held-out %s", segmentation_metrics(model, val_x, val_y, num_classes))
+
     start = time.perf_counter()
-    running = None
-    model.train()
-    for it, (x, y) in enumerate(loader):
-        if it >= cfg.iters:
-            break
-        lr = cfg.lr * _warmup_cosine(it, cfg.iters, cfg.warmup_iters)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss = nn.functional.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
-        if (it + 1) % 25 == 0 or it + 1 == cfg.iters:
-            elapsed = time.perf_counter() - start
-            eta = elapsed / (it + 1) * (cfg.iters - it - 1)
-            logger.info("pretrain iter %d/%d  loss %.4f  lr %.2e  eta %s", it + 1, cfg.iters,
-                        running, lr, _fmt_eta(eta))
-        if (it + 1) % 100 == 0 and it + 1 < cfg.iters:
-            logger.info("pretrain held-out %s",
-                        segmentation_metrics(model, val_x, val_y, num_classes))
+    loop.run(loader, Progress(cfg.iters, memory=PeakMemoryMeter()), on_step=held_out_every_100,
+             prefix="pretrain  ")
     metrics = segmentation_metrics(model, val_x, val_y, num_classes)
     logger.info("pretrain held-out %s", metrics)
     meta = {
@@ -235,14 +219,6 @@ def pretrain_backbone(out_path: str | os.PathLike, cfg: PretrainConfig = Pretrai
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": model.backbone.state_dict(), "meta": meta}, out_path)
     return meta
-
-
-def _warmup_cosine(it: int, total: int, warmup: int, floor: float = 0.02) -> float:
-    """Linear warm-up from 1% then cosine decay to ``floor``: the lr factor at iteration it."""
-    if it < warmup:
-        return 0.01 + 0.99 * it / warmup
-    progress = min((it - warmup) / max(total - warmup, 1), 1.0)
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def load_backbone_weights(bottom_up: nn.Module, path: str | os.PathLike) -> dict:
@@ -284,35 +260,16 @@ def freeze_parameters(module: nn.Module, prefixes: Sequence[str]) -> int:
     return frozen
 
 
-class BudgetMetricPrinter:
-    """Prints training progress like detectron2's ``CommonMetricPrinter``, with the ETA and
-    iteration count of a wall-clock budget (the total iteration count is an estimate)."""
-
-    def __init__(self, log: logging.Logger):
-        self.log = log
-
-    def write(self, storage, it: int, max_iter: int, eta_seconds: float) -> None:
-        latest = storage.latest()
-        losses = "  ".join(
-            f"{k}: {storage.history(k).median(20):.4g}" for k in sorted(latest) if "loss" in k
-        )
-        self.log.info(
-            "eta: %s  iter: %d/~%d  %s  time: %.3f  data_time: %.3f  lr: %.3g",
-            _fmt_eta(eta_seconds), it + 1, max_iter, losses,
-            storage.history("time").median(20), storage.history("data_time").median(20),
-            latest["lr"][0],
-        )
-
-
 def train_for_budget(cfg, model: nn.Module, seconds: float, max_iter: int | None = None,
                      output_dir: str | os.PathLike | None = None) -> dict:
     """Train ``model`` with ``cfg.optimizer``/``cfg.lr_multiplier``/``cfg.dataloader.train``
-    for about ``seconds`` of wall-clock time.
+    for about ``seconds`` of wall-clock time, through the shared :class:`TrainLoop`.
 
     The schedule runs over an iteration count that is re-estimated every few iterations from
     the median iteration time and the time left, so the run ends on time even when the machine's
     load changes; ``max_iter`` fixes the count instead (tests). Metrics go to detectron2's
-    ``EventStorage`` and, with ``output_dir``, to ``metrics.json`` through ``JSONWriter``.
+    ``EventStorage`` and, with ``output_dir``, to ``metrics.json`` through ``JSONWriter``
+    (``total_loss``, each loss, ``lr``, ``time``, ``data_time``).
     Returns {"iters": ..., "seconds": ..., "sec_per_iter": ...}.
     """
     from detectron2.config import instantiate
@@ -320,57 +277,31 @@ def train_for_budget(cfg, model: nn.Module, seconds: float, max_iter: int | None
 
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
-    base_lrs = [g["lr"] for g in optimizer.param_groups]
-    scheduler = instantiate(cfg.lr_multiplier)
-    data_iter = iter(instantiate(cfg.dataloader.train))
-    printer = BudgetMetricPrinter(logger)
+    loop = TrainLoop(model, optimizer, model, instantiate(cfg.lr_multiplier),
+                     log_period=cfg.train.get("log_period", 20), log=logger)
     json_writer = None
     if output_dir:
         metrics_path = Path(output_dir) / "metrics.json"
         metrics_path.unlink(missing_ok=True)  # JSONWriter appends; start a fresh file
         json_writer = JSONWriter(str(metrics_path))
-    log_period = cfg.train.get("log_period", 20)
-
     # a first guess; replaced by a measured estimate after the first iterations
-    estimate = max_iter or max(int(seconds / 1.0), 10)
-    start = time.perf_counter()
-    model.train()
-    it = 0
+    progress = Progress(max_iter or max(int(seconds / 1.0), 10), memory=PeakMemoryMeter())
+
     with EventStorage(0) as storage:
-        while it < estimate:  # storage.iter == it (storage.step() below advances both)
-            factor = scheduler(min(it / estimate, 1.0))
-            for group, base in zip(optimizer.param_groups, base_lrs):
-                group["lr"] = base * factor
-            t0 = time.perf_counter()
-            data = next(data_iter)
-            t1 = time.perf_counter()
-            loss_dict = model(data)
-            losses = sum(loss_dict.values())
-            if not torch.isfinite(losses):
-                raise FloatingPointError(f"loss became {losses.item()} at iteration {it}: {loss_dict}")
-            optimizer.zero_grad(set_to_none=True)
-            losses.backward()
-            optimizer.step()
-            t2 = time.perf_counter()
-            storage.put_scalars(total_loss=losses.item(), **{k: v.item() for k, v in loss_dict.items()},
-                                lr=optimizer.param_groups[0]["lr"], data_time=t1 - t0,
-                                time=t2 - t0, smoothing_hint=False)
-            it += 1
-            elapsed = time.perf_counter() - start
-            if max_iter is None and it >= 5 and it % 5 == 0:
-                per_iter = storage.history("time").median(50)
-                estimate = max(it + int((seconds - elapsed) / per_iter), it + 1)
-            if it % log_period == 0 or it == estimate:
-                eta = (estimate - it) * storage.history("time").median(50)
-                printer.write(storage, it - 1, estimate, eta)
-                if json_writer:
-                    json_writer.write()
+        def record(iteration: int, metrics: dict[str, float]) -> None:
+            scalars = {("total_loss" if k == "loss" else k): v for k, v in metrics.items()}
+            storage.put_scalars(**scalars, smoothing_hint=False)
+            if json_writer and ((iteration + 1) % loop.log_period == 0
+                                or iteration + 1 == progress.total):
+                json_writer.write()
             storage.step()
+
+        stats = loop.run(iter(instantiate(cfg.dataloader.train)), progress,
+                         budget_seconds=None if max_iter else seconds, on_step=record)
         if json_writer:
             json_writer.close()
-    seconds_used = time.perf_counter() - start
-    return {"iters": it, "seconds": round(seconds_used, 1),
-            "sec_per_iter": round(seconds_used / max(it, 1), 3)}
+    return {"iters": stats["iters"], "seconds": round(stats["seconds"], 1),
+            "sec_per_iter": round(stats["seconds"] / max(stats["iters"], 1), 3)}
 
 
 @torch.no_grad()
@@ -442,7 +373,7 @@ def run_demo(config: str | os.PathLike = DEFAULT_CONFIG, minutes: float = 13.0,
     from detectron2.evaluation import inference_on_dataset
     from detectron2.utils.logger import setup_logger
 
-    from .data.coco_synthetic import register_synthetic_coco
+    from ..data.coco_synthetic import register_synthetic_coco
 
     start = time.perf_counter()
     budget = minutes * 60.0

@@ -1,0 +1,73 @@
+"""Benchmark harness: our models against their references with the same weights, in one process.
+
+``backbone``: ``mvit_backbone.MViT`` against ``detectron2.modeling.MViT`` (time, peak memory,
+saved activations, page faults, kernel floor, attention and Linear kernels, compile);
+``classifier``: our MViTv2 classifiers against timm's. ``tools/benchmark_backbone.py`` is the
+command line; ``python -m mvit_backbone.benchmark SPEC`` is the fresh process of one peak-memory
+measurement.
+"""
+from .backbone import (
+    FLOOR_KERNELS,
+    LINEAR_SHAPES,
+    MODES,
+    WINDOW_BATCHES,
+    BenchResult,
+    attention_kernels,
+    build_model,
+    build_pair,
+    compile_speedup,
+    interleaved,
+    keep_freed_memory,
+    kernel_floor,
+    linear_kernels,
+    measure_peak_memory,
+    page_faults,
+    peak_memory_subprocess,
+    plot,
+    reference_kwargs,
+    run_benchmark,
+    run_step,
+    saved_activation_mib,
+    time_pair,
+    to_markdown,
+)
+from .classifier import (
+    CLASSIFIER_BATCHES,
+    TIMM_NAMES,
+    ClassifierBenchResult,
+    build_timm_pair,
+    run_timm_benchmark,
+    timm_markdown,
+)
+
+__all__ = [
+    "CLASSIFIER_BATCHES",
+    "FLOOR_KERNELS",
+    "LINEAR_SHAPES",
+    "MODES",
+    "TIMM_NAMES",
+    "WINDOW_BATCHES",
+    "BenchResult",
+    "ClassifierBenchResult",
+    "attention_kernels",
+    "build_model",
+    "build_pair",
+    "build_timm_pair",
+    "compile_speedup",
+    "interleaved",
+    "keep_freed_memory",
+    "kernel_floor",
+    "linear_kernels",
+    "measure_peak_memory",
+    "page_faults",
+    "peak_memory_subprocess",
+    "plot",
+    "reference_kwargs",
+    "run_benchmark",
+    "run_step",
+    "run_timm_benchmark",
+    "saved_activation_mib",
+    "time_pair",
+    "timm_markdown",
+    "to_markdown",
+]

@@ -1,0 +1,144 @@
+"""The one training loop of the package's own trainers (ImageNet classification, the demo's
+backbone pre-training and its budget-paced detector training). detectron2's LazyConfig and
+yacs trainers keep detectron2's hooks and print the same progress line (``progress.py``)."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import statistics
+import time
+from typing import Any, Callable, ContextManager, Iterable, Mapping
+
+import torch
+import torch.nn as nn
+
+from .progress import Progress
+
+logger = logging.getLogger("mvit_backbone.engine")
+
+LossFn = Callable[[Any], "torch.Tensor | Mapping[str, torch.Tensor]"]
+
+
+class TrainLoop:
+    """Runs training iterations of ``model``: the learning rate of each optimizer group set to
+    its ``initial_lr`` times ``schedule(fraction of training done)``, ``loss_fn(batch)`` (a loss
+    tensor, or a dict of losses that are summed) under ``autocast()``, a check that the loss is
+    finite, backward (through ``scaler`` when given: AMP), optional gradient clipping, the
+    optimizer step; every ``log_period`` iterations a progress line with ETA and peak memory.
+
+    Args:
+        model: put in train mode when a run starts (a ``DistributedDataParallel`` wrapper, or
+            the model itself).
+        optimizer: its groups' ``lr`` at construction become their ``initial_lr`` (kept in the
+            optimizer's ``state_dict``, so a resumed optimizer brings it back).
+        loss_fn: batch -> loss; it moves the batch to the device and calls the model.
+        schedule: fraction of training done in [0, 1] -> learning-rate multiplier
+            (e.g. :class:`~mvit_backbone.engine.schedule.WarmupCosine`).
+        scaler: a ``torch.amp.GradScaler`` for mixed precision, or None.
+        clip_grad: maximum L2 norm of all gradients; 0 = off.
+        autocast: a factory of the context the forward runs in (``torch.autocast(...)``).
+        log_period: iterations between progress lines.
+        log: where the progress lines go.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: LossFn,
+                 schedule: Callable[[float], float], *, scaler: torch.amp.GradScaler | None = None,
+                 clip_grad: float = 0.0,
+                 autocast: Callable[[], ContextManager] = contextlib.nullcontext,
+                 log_period: int = 20, log: logging.Logger = logger):
+        self.model, self.optimizer, self.loss_fn, self.schedule = model, optimizer, loss_fn, schedule
+        self.scaler, self.clip_grad, self.autocast = scaler, clip_grad, autocast
+        self.log_period, self.log = log_period, log
+        for group in optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+
+    def set_lr(self, where: float) -> float:
+        """Set every group's lr for the fraction ``where`` of training; returns the first's."""
+        factor = self.schedule(where)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+        return self.optimizer.param_groups[0]["lr"]
+
+    def step(self, batch: Any, iteration: int) -> dict[str, float]:
+        """One iteration on ``batch``; returns the losses (``loss`` is their sum) as floats.
+
+        Raises:
+            FloatingPointError: the loss is NaN or infinite (``iteration`` is in the message).
+        """
+        with self.autocast():
+            out = self.loss_fn(batch)
+        losses = dict(out) if isinstance(out, Mapping) else {}
+        loss = sum(losses.values()) if losses else out
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at iteration {iteration}: "
+                                     f"{ {k: v.item() for k, v in losses.items()} }")
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+        if self.clip_grad > 0:
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            nn.utils.clip_grad_norm_(params, self.clip_grad)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        return {"loss": loss.item(), **{k: v.item() for k, v in losses.items()}}
+
+    def run(self, batches: Iterable, progress: Progress, *, budget_seconds: float | None = None,
+            on_step: Callable[[int, dict[str, float]], None] | None = None,
+            prefix: str = "") -> dict[str, float]:
+        """Train on ``batches`` until they run out or ``progress.done`` reaches ``progress.total``.
+
+        ``progress`` counts the iterations of the whole training (it may span several runs, one
+        per epoch); the schedule is read at ``progress.done / progress.total``. With
+        ``budget_seconds``, ``progress.total`` is re-estimated every 5 iterations from the median
+        iteration time so that training ends about ``budget_seconds`` after ``progress`` started.
+        ``on_step(iteration, metrics)`` runs after each iteration, with the losses, ``lr``,
+        ``time`` and ``data_time`` (seconds). Progress lines start with ``prefix``.
+
+        Returns this run's iterations, mean ``loss`` and wall ``seconds``.
+        """
+        self.model.train()
+        progress.mark()
+        start, losses = time.perf_counter(), []
+        recent: dict[str, list[float]] = {}
+        batch_iter = iter(batches)
+        logged = True
+        while progress.done < progress.total:
+            t0 = time.perf_counter()
+            batch = next(batch_iter, None)
+            if batch is None:
+                break
+            data_time = time.perf_counter() - t0
+            lr = self.set_lr(progress.done / progress.total)
+            metrics = self.step(batch, progress.done)
+            seconds = progress.step()
+            losses.append(metrics["loss"])
+            for k, v in metrics.items():
+                recent.setdefault(k, []).append(v)
+            if budget_seconds is not None and progress.done % 5 == 0:
+                left = budget_seconds - progress.elapsed
+                progress.total = max(progress.done + int(left / progress.seconds_per_step()),
+                                     progress.done + 1)
+            if on_step is not None:
+                on_step(progress.done - 1, {**metrics, "lr": lr, "time": seconds,
+                                            "data_time": data_time})
+            logged = progress.done % self.log_period == 0 or progress.done == progress.total
+            if logged:
+                self._log(progress, recent, lr, prefix)
+                recent = {}
+        if not logged:
+            self._log(progress, recent, self.optimizer.param_groups[0]["lr"], prefix)
+        return {"iters": len(losses), "loss": statistics.fmean(losses) if losses else float("nan"),
+                "seconds": time.perf_counter() - start}
+
+    def _log(self, progress: Progress, recent: dict[str, list[float]], lr: float,
+             prefix: str) -> None:
+        metrics = {k: statistics.median(v) for k, v in recent.items()}
+        metrics["lr"] = lr
+        self.log.info(prefix + progress.line(metrics))

@@ -1,0 +1,32 @@
+"""Weight-decay parameter groups of the MViT training recipes (ImageNet and the demo)."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn as nn
+
+# parameter names (last component) that never get weight decay, besides every 1-d tensor
+NO_DECAY_NAMES = ("pos_embed", "pos_embed_spatial", "pos_embed_temporal", "pos_embed_class",
+                  "cls_token", "rel_pos_h", "rel_pos_w", "rel_pos_t")
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two AdamW groups: decayed weight matrices, and the rest with ``weight_decay`` 0.
+
+    No decay for 1-d parameters (norm weights, biases) and for position embeddings, relative
+    positions and the class token (:data:`NO_DECAY_NAMES`). Group dicts carry ``names``.
+    """
+    decay, no_decay, decay_names, no_decay_names = [], [], [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim <= 1 or name.endswith(".bias") or name.split(".")[-1] in NO_DECAY_NAMES:
+            no_decay.append(p)
+            no_decay_names.append(name)
+        else:
+            decay.append(p)
+            decay_names.append(name)
+    return [
+        {"params": decay, "weight_decay": weight_decay, "names": decay_names},
+        {"params": no_decay, "weight_decay": 0.0, "names": no_decay_names},
+    ]

@@ -1,0 +1,162 @@
+"""The shared training pieces: ETA format, the warm-up + cosine schedule, progress lines, the
+peak-memory meter, and the one training loop on a tiny regression problem."""
+from __future__ import annotations
+
+import logging
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+from detectron2.solver import LRMultiplier
+from detectron2.utils.events import EventStorage
+
+from mvit_backbone.engine import (
+    PeakMemoryMeter,
+    Progress,
+    ProgressWriter,
+    TrainLoop,
+    WarmupCosine,
+    format_eta,
+    progress_line,
+)
+
+
+def test_format_eta_is_hours_minutes_seconds() -> None:
+    assert format_eta(0) == "0:00:00"
+    assert format_eta(3725.9) == "1:02:05"
+    assert format_eta(90000) == "25:00:00"  # hours are not wrapped into days
+    assert format_eta(-5) == "0:00:00"
+
+
+def test_warmup_cosine_values() -> None:
+    schedule = WarmupCosine(peak=1e-3, warmup=0.2, start=1e-6, end=1e-5)
+    assert schedule(0.0) == pytest.approx(1e-6)
+    assert schedule(0.1) == pytest.approx((1e-6 + 1e-3) / 2)  # half-way up the warm-up
+    assert schedule(0.2) == pytest.approx(1e-3)
+    assert schedule(0.6) == pytest.approx((1e-3 + 1e-5) / 2)  # half-way down the cosine
+    assert schedule(1.0) == pytest.approx(1e-5)
+    assert schedule(1.5) == pytest.approx(1e-5)
+    values = [schedule(i / 100) for i in range(20, 101)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+    assert WarmupCosine(warmup=0.0)(0.0) == 1.0  # no warm-up: starts at the peak
+    with pytest.raises(ValueError, match="warmup"):
+        WarmupCosine(warmup=-0.1)
+
+
+def test_warmup_cosine_drives_detectron2_lr_scheduler() -> None:
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.5)
+    scheduler = LRMultiplier(optimizer, WarmupCosine(warmup=0.5, start=0.1), max_iter=4)
+    lrs = []
+    for _ in range(4):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs == pytest.approx([0.05, 0.275, 0.5, 0.25])
+
+
+def test_progress_eta_uses_median_step_time_and_follows_total() -> None:
+    progress = Progress(total=10)
+    progress.times.extend([1.0, 1.0, 100.0])  # one slow step does not swing the estimate
+    progress.done = 3
+    assert progress.seconds_per_step() == 1.0
+    assert progress.eta_seconds() == 7.0
+    progress.total = 5
+    assert progress.eta_seconds() == 2.0
+    assert progress.line({"loss": 0.5}).startswith("eta: 0:00:02  iter: 3/5  loss: 0.5  time: 1.000")
+
+
+def test_progress_line_with_memory() -> None:
+    line = progress_line(40, 100, 2.0, {"loss": 0.25, "lr": 1e-3}, memory_mib=1234.4, unit="config")
+    assert line == "eta: 0:02:00  config: 40/100  loss: 0.25  lr: 0.001  time: 2.000  max_mem: 1234M"
+
+
+def test_peak_memory_meter_sees_a_freed_allocation() -> None:
+    meter = PeakMemoryMeter("cpu")
+    with meter:
+        block = torch.ones(64 * 2**20 // 4)  # 64 MiB, written
+        del block
+    assert meter.growth_mib() > 48
+    assert meter.peak_mib() >= meter.base_mib + meter.growth_mib() - 1e-6
+    meter.reset()
+    assert meter.growth_mib() < 48
+
+
+def test_progress_writer_prints_the_shared_line(caplog: pytest.LogCaptureFixture) -> None:
+    writer = ProgressWriter(max_iter=10, logger=logging.getLogger("test.progress"))
+    with caplog.at_level(logging.INFO, logger="test.progress"), EventStorage(0) as storage:
+        for _ in range(4):
+            storage.put_scalars(total_loss=2.0, loss_cls=1.0, lr=0.01, time=0.5)
+            storage.step()
+        storage.iter = 3
+        writer.write()
+    line = caplog.records[-1].getMessage()
+    assert line.startswith("eta: 0:00:03  iter: 4/10  loss_cls: 1  total_loss: 2  lr: 0.01  time: 0.500")
+    assert "max_mem: " in line
+    with caplog.at_level(logging.INFO, logger="test.progress"), EventStorage(0) as storage:
+        storage.put_scalars(total_loss=2.0, lr=0.01)  # before IterationTimer's first time
+        writer.write()
+    assert caplog.records[-1].getMessage().startswith("eta: n/a  iter: 1/10  total_loss: 2  lr: 0.01  max_mem: ")
+
+
+def _regression(seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(seed)
+    x = torch.randn(64, 4)
+    return nn.Linear(4, 1), x, x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]])
+
+
+def test_train_loop_learns_follows_the_schedule_and_logs(caplog: pytest.LogCaptureFixture) -> None:
+    model, x, y = _regression()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    schedule = WarmupCosine(warmup=0.25, start=0.1, end=0.0)
+    loop = TrainLoop(model, optimizer, lambda b: nn.functional.mse_loss(model(b[0]), b[1]), schedule,
+                     log_period=10, log=logging.getLogger("test.loop"))
+    batches = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]
+    progress = Progress(total=40)
+    seen: list[tuple[int, float, float]] = []
+    with caplog.at_level(logging.INFO, logger="test.loop"):
+        for epoch in range(10):  # one run per epoch, as the ImageNet trainer does
+            stats = loop.run(batches, progress, prefix=f"epoch {epoch + 1}/10  ",
+                             on_step=lambda i, m: seen.append((i, m["lr"], m["loss"])))
+            assert stats["iters"] == 4
+    assert [i for i, _, _ in seen] == list(range(40))
+    for i, lr, _ in seen:
+        assert lr == pytest.approx(0.1 * schedule(i / 40))
+    assert seen[-1][2] < 0.1 * seen[0][2]
+    lines = [r.getMessage() for r in caplog.records]
+    # every 10 iterations and at the end of every run
+    logged = [int(line.split("iter: ")[1].split("/")[0]) for line in lines]
+    assert logged == [4, 8, 10, 12, 16, 20, 24, 28, 30, 32, 36, 40]
+    assert lines[-1].startswith("epoch 10/10  eta: 0:00:00  iter: 40/40  loss: ")
+    assert loop.run(batches, progress)["iters"] == 0  # training is done
+
+
+def test_train_loop_sums_loss_dicts_and_stops_on_nan() -> None:
+    model, x, y = _regression()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    loop = TrainLoop(model, optimizer, lambda b: {"a": model(b).mean(), "b": model(b).abs().mean()},
+                     WarmupCosine())
+    metrics = loop.step(x, iteration=0)
+    assert metrics["loss"] == pytest.approx(metrics["a"] + metrics["b"])
+    before = model.weight.detach().clone()
+    with pytest.raises(FloatingPointError, match="iteration 7"):
+        loop.step(torch.full_like(x, math.nan), iteration=7)
+    assert torch.equal(model.weight, before)  # no step on a NaN loss
+
+
+def test_train_loop_paced_by_a_budget_ends_on_time() -> None:
+    model, x, y = _regression()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    def slow_loss(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        import time
+
+        time.sleep(0.01)
+        return nn.functional.mse_loss(model(batch[0]), batch[1])
+
+    loop = TrainLoop(model, optimizer, slow_loss, WarmupCosine(), log_period=1000)
+    progress = Progress(total=10**6)
+    stats = loop.run(iter(lambda: (x, y), None), progress, budget_seconds=0.5)
+    # the total is re-estimated every 5 iterations; sleeping alone allows at most 50
+    assert 5 <= stats["iters"] <= 50 and progress.done == progress.total
+    assert 0.3 < stats["seconds"] < 1.5
