@@ -238,18 +238,20 @@ class MViTTrunk(nn.Module):
             x = torch.cat([cls, x], dim=1)
         return x, shape
 
-    def _run_block(self, block: MultiScaleBlock, x: torch.Tensor, shape: tuple[int, ...]):
+    def _run_block(self, block: MultiScaleBlock, x: torch.Tensor, shape: tuple[int, ...],
+                   input_pixels: int):
+        args = (self.kernels, block, x, shape, input_pixels)
         if self.use_act_checkpoint and self.training and torch.is_grad_enabled():
-            return torch.utils.checkpoint.checkpoint(
-                run_block, self.kernels, block, x, shape, use_reentrant=False)
-        return run_block(self.kernels, block, x, shape)
+            return torch.utils.checkpoint.checkpoint(run_block, *args, use_reentrant=False)
+        return run_block(*args)
 
     def forward_stages(self, x: torch.Tensor) -> list[tuple[torch.Tensor, tuple[int, ...]]]:
         """Run the trunk; return (tokens, grid shape) at the end of every stage."""
+        input_pixels = x.shape[0] * math.prod(x.shape[2:])
         x, shape = self._embed(x)
         outputs = []
         for i, block in enumerate(self.blocks):
-            x, shape = self._run_block(block, x, shape)
+            x, shape = self._run_block(block, x, shape, input_pixels)
             if i in self._last_block_indexes:
                 outputs.append((x, shape))
         return outputs

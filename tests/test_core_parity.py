@@ -65,14 +65,18 @@ def test_rel_pos_interpolates_to_large_inputs():
     assert all(torch.isfinite(v).all() for v in out.values())
 
 
-@pytest.mark.parametrize("window", [56, 0], ids=["hwin", "global"])
-def test_gradient_parity_with_detectron2(window):
+@pytest.mark.parametrize("window,dtype", [(56, torch.float32), (0, torch.float64)],
+                         ids=["hwin", "global"])
+def test_gradient_parity_with_detectron2(window, dtype):
     """Training: same outputs and the same gradients for the input and every parameter
-    (ours runs its fused LayerNorm+Linear, MLP, folded global attention and stored-probability
-    window attention backward passes)."""
+    (in float32 ours runs its fused LayerNorm+Linear, MLP and stored-probability window
+    attention backward passes). Global attention at this size is compared in float64: there
+    the float32 gradients of detectron2 and of our reference policy already differ by up to 4 %
+    (summation order alone, on 10920 x 693 attention maps), while in float64 they agree to
+    1e-13; every policy is checked against the reference in float32 in test_kernels.py."""
     ref, ours = _pair("T", adaptive_window_size=window)
-    ref.train(), ours.train()
-    x = torch.randn(2, 3, 333, 517)
+    ref.train().to(dtype), ours.train().to(dtype)
+    x = torch.randn(2, 3, 333, 517, dtype=dtype)
     grads, outs = [], []
     for model in (ref, ours):
         xi = x.clone().requires_grad_(True)

@@ -14,6 +14,7 @@ from mvit_backbone.detection.config import add_mvitv2_config, mvit_arguments
 from mvit_backbone.kernels import (
     EXPLICIT_MAX_ELEMENTS,
     KERNEL_POLICIES,
+    RECOMPUTE_MIN_PIXELS,
     BlockPlan,
     block_forward,
     explicit_attend,
@@ -236,6 +237,9 @@ def test_auto_picks_by_device_dtype_grad_and_size():
     with torch.no_grad():
         assert plan_block("auto", glob, x, (16, 16)).attend is sdpa_attend
     assert plan_block("auto", window, x, (16, 16)).attend is (explicit_attend if fast else sdpa_attend)
+    # recompute in backward only for large inputs
+    assert plan_block("auto", window, x, (16, 16), RECOMPUTE_MIN_PIXELS).recompute == fast
+    assert not plan_block("auto", window, x, (16, 16), 224 * 224 * 4).recompute
     assert plan_block("auto", glob, x, (16, 16)).attend is (explicit_attend if fast else sdpa_attend)
     big = torch.randn(1, 160 * 160, 32)
     assert 160 * 160 * 80 * 80 > EXPLICIT_MAX_ELEMENTS

@@ -9,6 +9,7 @@ A trunk runs every block through :func:`run_block` with its ``kernels`` policy:
   (:func:`plan_block`):
 
   * CPU, float32, no autocast: :func:`.block.block_forward` (oneDNN linears, fused norms,
+    and, for inputs of at least ``RECOMPUTE_MIN_PIXELS`` (batch x frames x height x width),
     recompute in backward); attention by :func:`.attention.sdpa_attend` in inference, and in
     training with rel-pos by :func:`.attention.explicit_attend` for windows and for small global
     maps, :func:`.attention.folded_attend` for large global maps.
@@ -39,6 +40,9 @@ KERNEL_POLICIES = ("auto", "reference")
 # Global attention in CPU training keeps its probabilities (explicit) up to this many elements
 # per call (B x heads x Lq x Lk; 64 MiB in fp32); beyond it, the folded flash kernel keeps none.
 EXPLICIT_MAX_ELEMENTS = 1 << 24
+# Recompute in backward saves memory at a cost in time; below one 512² image per step (e.g. a
+# 224² classifier at batch 4) the activations are small and storing them is faster.
+RECOMPUTE_MIN_PIXELS = 512 * 512
 
 logger = logging.getLogger(__name__)
 _logged: set[tuple] = set()
@@ -57,14 +61,18 @@ def eager_mode() -> bool:
 
 @dataclass(frozen=True)
 class BlockPlan:
-    """How one block call is computed: ``fast_block`` (:func:`.block.block_forward`, else the
-    block's own forward) with ``attend``."""
+    """How one block call is computed: ``fast_block`` (:func:`.block.block_forward`, with
+    ``recompute`` in training; else the block's own forward) with ``attend``."""
 
     fast_block: bool
     attend: AttendFn
+    recompute: bool = False
 
     def describe(self) -> str:
-        return f"{'oneDNN block' if self.fast_block else 'plain block'} + {self.attend.__name__}"
+        block = "plain block"
+        if self.fast_block:
+            block = "oneDNN block" + (" with recompute" if self.recompute else "")
+        return f"{block} + {self.attend.__name__}"
 
 
 REFERENCE_PLAN = BlockPlan(False, attend)
@@ -76,29 +84,37 @@ def check_policy(policy: str) -> str:
     return policy
 
 
-def plan_block(policy: str, block: MultiScaleBlock, x: torch.Tensor, shape: Sequence[int]) -> BlockPlan:
-    """The implementation ``policy`` picks for ``block(x, shape)`` (see the module docstring)."""
+def plan_block(
+    policy: str, block: MultiScaleBlock, x: torch.Tensor, shape: Sequence[int],
+    input_pixels: int = RECOMPUTE_MIN_PIXELS,
+) -> BlockPlan:
+    """The implementation ``policy`` picks for ``block(x, shape)`` (see the module docstring);
+    ``input_pixels``: the size of the trunk's input (batch x frames x height x width)."""
     if policy == "reference" or not eager_mode():
         return REFERENCE_PLAN
     if not onednn_applies(x, block.attn.qkv.weight):
         return BlockPlan(False, sdpa_attend)
     attn = block.attn
-    if not (torch.is_grad_enabled() and attn.use_rel_pos):
+    if not torch.is_grad_enabled():
         return BlockPlan(True, sdpa_attend)
+    recompute = input_pixels >= RECOMPUTE_MIN_PIXELS
+    if not attn.use_rel_pos:
+        return BlockPlan(True, sdpa_attend, recompute)
     if attn.window_size:
-        return BlockPlan(True, explicit_attend)
+        return BlockPlan(True, explicit_attend, recompute)
     q_len = attn.num_prefix + math.prod(-(-s // st) for s, st in zip(shape, attn.cfg.stride_q))
     k_len = attn.num_prefix + math.prod(-(-s // st) for s, st in zip(shape, attn.cfg.stride_kv))
     if x.shape[0] * attn.num_heads * q_len * k_len <= EXPLICIT_MAX_ELEMENTS:
-        return BlockPlan(True, explicit_attend)
-    return BlockPlan(True, folded_attend)
+        return BlockPlan(True, explicit_attend, recompute)
+    return BlockPlan(True, folded_attend, recompute)
 
 
 def run_block(
-    policy: str, block: MultiScaleBlock, x: torch.Tensor, shape: Sequence[int]
+    policy: str, block: MultiScaleBlock, x: torch.Tensor, shape: Sequence[int],
+    input_pixels: int = RECOMPUTE_MIN_PIXELS,
 ) -> tuple[torch.Tensor, tuple[int, ...]]:
     """``block(x, shape)`` computed as ``policy`` picks (logged once per kind of block)."""
-    plan = plan_block(policy, block, x, shape)
+    plan = plan_block(policy, block, x, shape, input_pixels)
     kind = (policy, x.device.type, x.dtype, torch.is_grad_enabled(),
             "window" if block.attn.window_size else "global", plan)
     if kind not in _logged and eager_mode():
@@ -107,12 +123,13 @@ def run_block(
                     x.device.type, str(x.dtype).replace("torch.", ""),
                     "training" if kind[3] else "inference", plan.describe())
     if plan.fast_block:
-        return block_forward(block, x, shape, plan.attend)
+        return block_forward(block, x, shape, plan.attend, plan.recompute)
     return block(x, shape, plan.attend)
 
 
 __all__ = [
     "EXPLICIT_MAX_ELEMENTS",
+    "RECOMPUTE_MIN_PIXELS",
     "KERNEL_POLICIES",
     "BlockPlan",
     "block_forward",

@@ -61,12 +61,11 @@ def _project_and_pool(
 
 def _attention_forward(
     attn: MultiScaleAttention, x: torch.Tensor, shape: Sequence[int], norm: nn.Module | None,
-    attend: AttendFn,
+    attend: AttendFn, recompute: bool,
 ) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """``attn(norm(x), shape)`` with the projections on oneDNN and, in training, the pooled
-    tensors (in transition blocks the whole projection) recomputed in backward."""
-    training = torch.is_grad_enabled()
-    if training and any(s > 1 for s in attn.cfg.stride_q):
+    """``attn(norm(x), shape)`` with the projections on oneDNN and, with ``recompute``, the
+    pooled tensors (in transition blocks the whole projection) recomputed in backward."""
+    if recompute and any(s > 1 for s in attn.cfg.stride_q):
         pooled, shapes = [], []
         for part in attn.pool_parts(separate_q=True):
             out, out_shapes = checkpoint(_project_and_pool, attn, x, shape, norm, [part], False,
@@ -74,7 +73,7 @@ def _attention_forward(
             pooled += out
             shapes += out_shapes
     else:
-        pooled, shapes = _project_and_pool(attn, x, shape, norm, attn.pool_parts(), training)
+        pooled, shapes = _project_and_pool(attn, x, shape, norm, attn.pool_parts(), recompute)
     q, k, v = pooled
     out = attn.attention(q, k, v, shapes[0], shapes[-1], attend)
     if attn.cfg.residual_pooling:
@@ -92,16 +91,20 @@ def _skip(block: MultiScaleBlock, x: torch.Tensor, x_in: torch.Tensor, shape: Se
 
 
 def block_forward(
-    block: MultiScaleBlock, x: torch.Tensor, shape: Sequence[int], attend: AttendFn
+    block: MultiScaleBlock, x: torch.Tensor, shape: Sequence[int], attend: AttendFn,
+    recompute: bool = True,
 ) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """:meth:`MultiScaleBlock.forward` on oneDNN (see the module docstring)."""
+    """:meth:`MultiScaleBlock.forward` on oneDNN (see the module docstring); ``recompute``:
+    in training, recompute the pooled tensors, transition projections and skip in backward
+    instead of storing them."""
     training = torch.is_grad_enabled()
+    recompute = recompute and training
     # training: norm1 is applied inside the projections that read it (not stored); inference:
     # once here, as two projections may read it
     norm1 = block.norm1 if training else None
     x_in = x if training else block.norm1(x)
-    x_attn, out_shape = _attention_forward(block.attn, x_in, shape, norm1, attend)
-    if training and block.pool_skip is not None:
+    x_attn, out_shape = _attention_forward(block.attn, x_in, shape, norm1, attend, recompute)
+    if recompute and block.pool_skip is not None:
         # the projected skip before pooling (and the pooling's indices) would be kept for
         # backward at the input resolution; recompute them from x, which is kept anyway
         skip = checkpoint(_skip, block, x, x_in, shape, norm1, use_reentrant=False)
