@@ -2,8 +2,9 @@
 
 The recipe: AdamW with the learning rate scaled linearly from ``base_lr`` per ``base_batch_size``
 images, linear warm-up then half-period cosine (stepped every iteration), weight decay on weight
-matrices only (not on norms, biases, position embeddings, relative positions or the class token),
-optional gradient clipping, AMP on CUDA, optional EMA of the weights. Augmentation is timm's:
+matrices only (not on norms and biases; optionally not on position embeddings, relative
+positions and the class token), optional gradient clipping, AMP on CUDA, optional EMA of the
+weights. Augmentation is timm's:
 inception crop + RandAugment + random erasing (``timm.data.create_transform``), mixup/cutmix with
 label smoothing (``timm.data.Mixup`` + ``SoftTargetCrossEntropy``) and repeated augmentation
 (``timm.data.distributed_sampler.RepeatAugSampler``). Evaluation follows the paper's two
@@ -84,7 +85,11 @@ class TrainConfig:
     base_batch_size: int = 2048  # lr = base_lr * total batch / base_batch_size
     warmup_start_lr: float = 1e-6
     end_lr: float = 1e-6
+    scale_start_end_lr: bool = False  # warmup_start_lr and end_lr scale with the batch as base_lr
     weight_decay: float = 0.05
+    # no weight decay on position embeddings, rel-pos tables and the class token (1-d parameters
+    # never get any)
+    zero_decay_pos_cls: bool = True
     betas: tuple = (0.9, 0.999)
     clip_grad: float = 0.0  # max L2 norm of the gradients; 0 = off
     amp: bool = True  # used on CUDA only
@@ -145,17 +150,20 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
 # --------------------------------------------------------------------------- optimisation
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(model: nn.Module, weight_decay: float,
+                 zero_decay_pos_cls: bool = True) -> list[dict[str, Any]]:
     """Two AdamW groups: decayed weight matrices, and the rest with ``weight_decay`` 0.
 
-    No decay for 1-d parameters (norm weights, biases) and for position embeddings, relative
-    positions and the class token (:data:`NO_DECAY_NAMES`). Group dicts carry ``names``.
+    No decay for 1-d parameters (norm weights, biases) and, with ``zero_decay_pos_cls``, for
+    position embeddings, relative positions and the class token (:data:`NO_DECAY_NAMES`).
+    Group dicts carry ``names``.
     """
+    zero_decay = NO_DECAY_NAMES if zero_decay_pos_cls else ()
     decay, no_decay, decay_names, no_decay_names = [], [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if p.ndim <= 1 or name.endswith(".bias") or name.split(".")[-1] in NO_DECAY_NAMES:
+        if p.ndim <= 1 or name.endswith(".bias") or name.split(".")[-1] in zero_decay:
             no_decay.append(p)
             no_decay_names.append(name)
         else:
@@ -169,17 +177,20 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 def lr_at(epoch: float, peak_lr: float, cfg: TrainConfig) -> float:
     """Learning rate at a fractional ``epoch``: linear warm-up from ``warmup_start_lr`` to
-    ``peak_lr`` over ``warmup_epochs``, then half-period cosine down to ``end_lr`` at ``epochs``."""
+    ``peak_lr`` over ``warmup_epochs``, then half-period cosine down to ``end_lr`` at ``epochs``
+    (with ``scale_start_end_lr`` both scaled by ``peak_lr / base_lr``, as the official code)."""
+    scale = peak_lr / cfg.base_lr if cfg.scale_start_end_lr else 1.0
+    start_lr, end_lr = cfg.warmup_start_lr * scale, cfg.end_lr * scale
     if epoch < cfg.warmup_epochs:
-        return cfg.warmup_start_lr + (peak_lr - cfg.warmup_start_lr) * epoch / cfg.warmup_epochs
+        return start_lr + (peak_lr - start_lr) * epoch / cfg.warmup_epochs
     span = max(cfg.epochs - cfg.warmup_epochs, 1e-8)
     progress = min((epoch - cfg.warmup_epochs) / span, 1.0)
-    return cfg.end_lr + (peak_lr - cfg.end_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return end_lr + (peak_lr - end_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW over :func:`param_groups`; the lr is set every step by the schedule."""
-    groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups(model, cfg.weight_decay)]
+    groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups(model, cfg.weight_decay, cfg.zero_decay_pos_cls)]
     return torch.optim.AdamW(groups, lr=cfg.warmup_start_lr, betas=tuple(cfg.betas))
 
 
