@@ -20,9 +20,11 @@ from fvcore.nn import FlopCountAnalysis
 from fvcore.nn.jit_analysis import JitModelAnalysis
 
 import mvit_backbone
+from mvit_backbone.engine import count_flops
 from test_classification_complexity import within_printed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MASK_RCNN_T = "configs/COCO-InstanceSegmentation/mask_rcnn_mvitv2_t_3x.py"
 ATTENTION_OPS = ("aten::scaled_dot_product_attention", "prim::PythonOp")
 
 
@@ -56,29 +58,33 @@ def test_default_backbone_counts_as_detectron2_mvit():
     assert ours_g == pytest.approx(reference_g, rel=0.01)
 
 
+def load_config(path: str, detectron2_trunk: bool = False):
+    """A detector LazyConfig; ``detectron2_trunk``: with detectron2's MViT, built from the same
+    arguments, as the backbone trunk."""
+    cfg = LazyConfig.load(os.path.join(REPO, path))
+    if detectron2_trunk:
+        assert cfg.model.backbone.bottom_up.pop("window_mode") == "hwin"  # detectron2's only mode
+        cfg.model.backbone.bottom_up._target_ = Detectron2MViT
+    return cfg
+
+
 def detector(path: str, detectron2_trunk: bool = False) -> nn.Module:
     """The config's detector in eval mode, with few proposals and a fixed number of detections
-    (so that both models run their heads on the same number of RoIs); ``detectron2_trunk``: with
-    detectron2's MViT, built from the same arguments, as the backbone trunk."""
-    cfg = LazyConfig.load(os.path.join(REPO, path))
-    cfg = LazyConfig.apply_overrides(cfg, [
+    (so that both models run their heads on the same number of RoIs)."""
+    cfg = LazyConfig.apply_overrides(load_config(path, detectron2_trunk), [
         "model.proposal_generator.post_nms_topk=[64,64]",
         "model.roi_heads.box_predictor.test_score_thresh=0.0",
         "model.roi_heads.box_predictor.test_topk_per_image=8",
     ])
-    if detectron2_trunk:
-        assert cfg.model.backbone.bottom_up.pop("window_mode") == "hwin"  # detectron2's only mode
-        cfg.model.backbone.bottom_up._target_ = Detectron2MViT
     return instantiate(cfg.model).eval()
 
 
 def test_default_mask_rcnn_t_counts_as_with_detectron2_mvit():
     """Whole Mask R-CNN T detector, through detectron2's ``FlopCountAnalysis``: ours against
     the same detector (same weights) with detectron2's MViT as the trunk."""
-    path = "configs/COCO-InstanceSegmentation/mask_rcnn_mvitv2_t_3x.py"
     torch.manual_seed(0)
-    ours = detector(path)
-    reference = detector(path, detectron2_trunk=True)
+    ours = detector(MASK_RCNN_T)
+    reference = detector(MASK_RCNN_T, detectron2_trunk=True)
     reference.load_state_dict(ours.state_dict())
     image = torch.randint(0, 256, (3, SIDE, SIDE), dtype=torch.uint8).float()
     ours_a = Detectron2FlopCountAnalysis(ours, [{"image": image}])
@@ -86,6 +92,15 @@ def test_default_mask_rcnn_t_counts_as_with_detectron2_mvit():
     ours_g, reference_g = gflops(ours_a), gflops(reference_a)
     assert not uncounted_attention(ours_a), ours_a.unsupported_ops()
     assert ours_g == pytest.approx(reference_g, rel=0.01)
+
+
+@pytest.mark.slow
+def test_table5_input_reproduces_the_paper_for_detectron2_mvit(paper_numbers):
+    """``count_flops``' default input (and detections) reproduces Table 5's Mask R-CNN T count
+    for detectron2's own MViT, within 2%."""
+    torch.manual_seed(0)
+    count, _ = count_flops(load_config(MASK_RCNN_T, detectron2_trunk=True))
+    assert count == pytest.approx(paper_numbers["coco_table5"]["mask_rcnn"]["T"][2], rel=0.02)
 
 
 @pytest.mark.parametrize(
