@@ -75,6 +75,19 @@ def test_no_weight_decay_on_norms_biases_positions() -> None:
     assert sum(p.numel() for g in (d2, n2) for p in g["params"]) == total
 
 
+def test_weight_decay_on_positions_as_the_official_code() -> None:
+    """``zero_decay_pos_cls=False``: rel-pos tables and position embeddings decay; 1-d
+    parameters and biases still do not."""
+    model = mvit_backbone.create_model("mvitv1_b16", num_classes=10)
+    decay, no_decay = param_groups(model, 0.05, zero_decay_pos_cls=False)
+    assert {"cls_token", "pos_embed"} <= set(decay["names"])
+    assert {"norm.weight", "norm.bias", "head.projection.bias"} <= set(no_decay["names"])
+    v2 = mvit_backbone.create_model("mvitv2_nano", num_classes=10, img_size=64)
+    d2, n2 = param_groups(v2, 0.1, zero_decay_pos_cls=False)
+    assert any(n.endswith("attn.rel_pos_h") for n in d2["names"])
+    assert not any("rel_pos" in n for n in n2["names"])
+
+
 def test_lr_schedule_warmup_then_half_cosine() -> None:
     cfg = TrainConfig(epochs=300, warmup_epochs=70, base_lr=2e-3, base_batch_size=2048,
                       batch_size=128, warmup_start_lr=1e-6, end_lr=1e-6)
@@ -93,6 +106,17 @@ def test_lr_schedule_warmup_then_half_cosine() -> None:
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
 
 
+def test_lr_schedule_scales_start_and_end_with_the_batch() -> None:
+    """The official code scales the warm-up start and the cosine end like the base lr."""
+    cfg = TrainConfig(epochs=300, warmup_epochs=70, base_lr=2e-3, base_batch_size=2048,
+                      batch_size=128, warmup_start_lr=8e-8, end_lr=8e-6, scale_start_end_lr=True)
+    peak = cfg.peak_lr(world_size=8)  # half of the reference batch
+    schedule = lr_multiplier(cfg, peak)
+    assert peak * schedule(0.0) == pytest.approx(4e-8)
+    assert peak * schedule(70 / 300) == pytest.approx(peak)
+    assert peak * schedule(1.0) == pytest.approx(4e-6)
+
+
 def test_paper_configs_load() -> None:
     cfg_dir = REPO / "projects" / "MViTv2" / "configs"
     drop = {"t": 0.1, "s": 0.1, "b": 0.3, "l": 0.5, "h": 0.8}
@@ -102,7 +126,12 @@ def test_paper_configs_load() -> None:
         assert (cfg.epochs, cfg.warmup_epochs, cfg.base_lr, cfg.base_batch_size) == (300, 70, 2e-3, 2048)
         assert cfg.weight_decay == (0.1 if size in "lh" else 0.05)
         assert (cfg.mixup, cfg.cutmix, cfg.reprob, cfg.label_smoothing) == (0.8, 1.0, 0.25, 0.1)
-        assert cfg.auto_augment == "rand-m9-mstd0.5-inc1" and cfg.repeated_aug > 1 and not cfg.ema
+        # the official code's settings (facebookresearch/mvit), and the paper's repeated augmentation
+        assert cfg.auto_augment == "rand-m9-n6-mstd0.5-inc1" and cfg.clip_grad == 1.0 and not cfg.ema
+        assert not cfg.zero_decay_pos_cls and cfg.scale_start_end_lr
+        assert cfg.peak_lr(1) / cfg.base_lr * cfg.warmup_start_lr == pytest.approx(1e-8 * cfg.batch_size / 256)
+        assert cfg.peak_lr(1) / cfg.base_lr * cfg.end_lr == pytest.approx(1e-6 * cfg.batch_size / 256)
+        assert cfg.repeated_aug > 1
     with pytest.raises(ValueError, match="unknown config keys"):
         load_config(None, {"learning_rate": 1.0})
 

@@ -81,8 +81,10 @@ def _lazy_opts(output_dir, max_iter: int, batch: int = 1) -> list[str]:
         "train.log_period=1", "dataloader.train.dataset.names=det_tiny_train",
         "dataloader.test.dataset.names=det_tiny_val", f"dataloader.train.total_batch_size={batch}",
         "dataloader.train.num_workers=0", "dataloader.test.num_workers=0",
-        "dataloader.train.mapper.augmentations.0.short_edge_length=[64]",
-        "dataloader.train.mapper.augmentations.0.max_size=96",
+        # no random-crop branch (it resizes to 400-600 first); the multi-scale resize made small
+        "dataloader.train.mapper.augmentations.0.prob=0.0",
+        "dataloader.train.mapper.augmentations.1.short_edge_length=[64]",
+        "dataloader.train.mapper.augmentations.1.max_size=96",
         "dataloader.test.mapper.augmentations.0.short_edge_length=64",
         "dataloader.test.mapper.augmentations.0.max_size=96",
         "model.roi_heads.num_classes=2", *FEW_ROIS,

@@ -7,4 +7,4 @@ from ..common.train_lsj_50ep import lr_multiplier, optimizer, train
 model.backbone.bottom_up.update(mvitv2_backbone_args("L"))
 dataloader.train.mapper.use_instance_mask = False
 dataloader.train.mapper.recompute_boxes = False  # needs masks
-train.init_checkpoint = "MViTv2_L_in21k.pyth"
+train.init_checkpoint = "detectron2://ImageNetPretrained/mvitv2/MViTv2_L_in21k.pyth"

@@ -1,8 +1,10 @@
-"""Cascade Mask R-CNN, MViTv2-B backbone, IN-21K init, 3x schedule (36 epochs), multi-scale training 480-800."""
+"""Cascade Mask R-CNN, MViTv2-B backbone, IN-21K init, multi-scale training 480-800 with random crops, 3x schedule (36 epochs).
+
+Twin of detectron2's official ``projects/MViTv2/configs/cascade_mask_rcnn_mvitv2_b_in21k_3x.py``; its model zoo: 54.9 AP box, 47.4 AP mask."""
 from ..common.mvitv2_backbone import mvitv2_backbone_args
 from ..common.coco_loader import dataloader
 from ..common.models.cascade_mask_rcnn_mvitv2 import model
 from ..common.train_3x import lr_multiplier, optimizer, train
 
 model.backbone.bottom_up.update(mvitv2_backbone_args("B"))
-train.init_checkpoint = "MViTv2_B_in21k.pyth"
+train.init_checkpoint = "detectron2://ImageNetPretrained/mvitv2/MViTv2_B_in21k.pyth"

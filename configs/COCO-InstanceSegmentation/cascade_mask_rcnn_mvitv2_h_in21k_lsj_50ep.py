@@ -5,4 +5,4 @@ from ..common.models.cascade_mask_rcnn_mvitv2 import model
 from ..common.train_lsj_50ep import lr_multiplier, optimizer, train
 
 model.backbone.bottom_up.update(mvitv2_backbone_args("H"))
-train.init_checkpoint = "MViTv2_H_in21k.pyth"
+train.init_checkpoint = "detectron2://ImageNetPretrained/mvitv2/MViTv2_H_in21k.pyth"

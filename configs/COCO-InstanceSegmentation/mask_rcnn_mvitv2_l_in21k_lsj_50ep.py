@@ -5,4 +5,4 @@ from ..common.models.mask_rcnn_mvitv2 import model
 from ..common.train_lsj_50ep import lr_multiplier, optimizer, train
 
 model.backbone.bottom_up.update(mvitv2_backbone_args("L"))
-train.init_checkpoint = "MViTv2_L_in21k.pyth"
+train.init_checkpoint = "detectron2://ImageNetPretrained/mvitv2/MViTv2_L_in21k.pyth"

@@ -1,6 +1,7 @@
-"""The MViTv2 COCO schedule (Table 5): AdamW (0.9, 0.999), lr 1.6e-4 at batch 64, weight
-decay 0.1 except on position embeddings and rel-pos tables, 36 epochs (67.5k iterations of 64
-images), steps at epochs 28 and 33, 250 warm-up iterations."""
+"""The official MViTv2 COCO schedule (3x, as detectron2's projects/MViTv2 configs and Table 5):
+AdamW (0.9, 0.999), lr 1.6e-4 at batch 64, weight decay 0.1 except on position embeddings and
+rel-pos tables, 36 epochs (67.5k iterations of 64 images), lr x0.1 at epochs 28 and 33, 250
+warm-up iterations, AMP with fp16 gradient compression."""
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 
 from detectron2 import model_zoo

@@ -2,8 +2,9 @@
 
 The recipe: AdamW with the learning rate scaled linearly from ``base_lr`` per ``base_batch_size``
 images, linear warm-up then half-period cosine (stepped every iteration), weight decay on weight
-matrices only (not on norms, biases, position embeddings, relative positions or the class token),
-optional gradient clipping, AMP on CUDA, optional EMA of the weights. Augmentation is timm's:
+matrices only (not on norms and biases; optionally not on position embeddings, relative
+positions and the class token), optional gradient clipping, AMP on CUDA, optional EMA of the
+weights. Augmentation is timm's:
 inception crop + RandAugment + random erasing (``timm.data.create_transform``), mixup/cutmix with
 label smoothing (``timm.data.Mixup`` + ``SoftTargetCrossEntropy``) and repeated augmentation
 (``timm.data.distributed_sampler.RepeatAugSampler``). Evaluation follows the paper's two
@@ -87,7 +88,11 @@ class TrainConfig:
     base_batch_size: int = 2048  # lr = base_lr * total batch / base_batch_size
     warmup_start_lr: float = 1e-6
     end_lr: float = 1e-6
+    scale_start_end_lr: bool = False  # warmup_start_lr and end_lr scale with the batch as base_lr
     weight_decay: float = 0.05
+    # no weight decay on position embeddings, rel-pos tables and the class token (1-d parameters
+    # never get any)
+    zero_decay_pos_cls: bool = True
     betas: tuple = (0.9, 0.999)
     clip_grad: float = 0.0  # max L2 norm of the gradients; 0 = off
     amp: bool = True  # used on CUDA only
@@ -151,15 +156,18 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
 def lr_multiplier(cfg: TrainConfig, peak_lr: float) -> WarmupCosine:
     """The learning rate over training as a multiple of ``peak_lr`` (a function of the fraction
     of training done): linear warm-up from ``warmup_start_lr`` to ``peak_lr`` over
-    ``warmup_epochs``, then half-period cosine down to ``end_lr`` at ``epochs``."""
+    ``warmup_epochs``, then half-period cosine down to ``end_lr`` at ``epochs`` (with
+    ``scale_start_end_lr`` both scaled by ``peak_lr / base_lr``, as the official code)."""
+    scale = peak_lr / cfg.base_lr if cfg.scale_start_end_lr else 1.0
     return WarmupCosine(peak=1.0, warmup=cfg.warmup_epochs / cfg.epochs,
-                        start=cfg.warmup_start_lr / peak_lr, end=cfg.end_lr / peak_lr)
+                        start=cfg.warmup_start_lr * scale / peak_lr, end=cfg.end_lr * scale / peak_lr)
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, peak_lr: float) -> torch.optim.AdamW:
     """AdamW over :func:`param_groups` at ``peak_lr``; the training loop scales it every step
     by :func:`lr_multiplier`."""
-    groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups(model, cfg.weight_decay)]
+    groups = [{k: v for k, v in g.items() if k != "names"}
+              for g in param_groups(model, cfg.weight_decay, cfg.zero_decay_pos_cls)]
     return torch.optim.AdamW(groups, lr=peak_lr, betas=tuple(cfg.betas))
 
 

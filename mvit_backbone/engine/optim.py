@@ -10,17 +10,20 @@ NO_DECAY_NAMES = ("pos_embed", "pos_embed_spatial", "pos_embed_temporal", "pos_e
                   "cls_token", "rel_pos_h", "rel_pos_w", "rel_pos_t")
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(model: nn.Module, weight_decay: float,
+                 zero_decay_pos_cls: bool = True) -> list[dict[str, Any]]:
     """Two AdamW groups: decayed weight matrices, and the rest with ``weight_decay`` 0.
 
-    No decay for 1-d parameters (norm weights, biases) and for position embeddings, relative
-    positions and the class token (:data:`NO_DECAY_NAMES`). Group dicts carry ``names``.
+    No decay for 1-d parameters (norm weights, biases) and, with ``zero_decay_pos_cls``, for
+    position embeddings, relative positions and the class token (:data:`NO_DECAY_NAMES`).
+    Group dicts carry ``names``.
     """
+    zero_decay = NO_DECAY_NAMES if zero_decay_pos_cls else ()
     decay, no_decay, decay_names, no_decay_names = [], [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if p.ndim <= 1 or name.endswith(".bias") or name.split(".")[-1] in NO_DECAY_NAMES:
+        if p.ndim <= 1 or name.endswith(".bias") or name.split(".")[-1] in zero_decay:
             no_decay.append(p)
             no_decay_names.append(name)
         else:
