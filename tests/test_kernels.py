@@ -28,7 +28,7 @@ from mvit_backbone.layers import (
     MultiScaleBlock,
     attend,
     rel_pos_lookup,
-    rel_pos_terms,
+    RelPos,
 )
 from mvit_backbone.mvit import MViTTrunk
 
@@ -47,7 +47,8 @@ def test_rel_pos_terms_place_the_bias_of_eq4_every_way(q_shape, k_shape, prefix)
     lookups = [rel_pos_lookup(a, b, t) for a, b, t in zip(q_shape, k_shape, tables)]
     lq, lk = math.prod(q_shape), math.prod(k_shape)
     q = torch.randn(3, heads, prefix + lq, c)
-    rel = rel_pos_terms(q, lookups, q_shape, k_shape, prefix)
+    rel = RelPos(lookups, q_shape, k_shape, prefix)
+    terms = rel.terms(q)
     expected = torch.zeros(3, heads, prefix + lq, prefix + lk)
     q_cells = list(itertools.product(*map(range, q_shape)))
     k_cells = list(itertools.product(*map(range, k_shape)))
@@ -55,15 +56,16 @@ def test_rel_pos_terms_place_the_bias_of_eq4_every_way(q_shape, k_shape, prefix)
         for j, kj in enumerate(k_cells):
             r = sum(lookups[a][qi[a], kj[a]] for a in range(len(q_shape)))
             expected[:, :, prefix + i, prefix + j] = q[:, :, prefix + i] @ r
-    torch.testing.assert_close(rel.bias(), expected, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(rel.add_to_(torch.zeros_like(expected)), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(rel.bias(terms), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(rel.add_to_(torch.zeros_like(expected), terms), expected,
+                               atol=1e-5, rtol=1e-5)
     codes = rel.key_codes(q)
-    folded = sum(t @ code.t() for t, code in zip(rel.terms, codes))
+    folded = sum(t @ code.t() for t, code in zip(terms, codes))
     torch.testing.assert_close(folded, expected, atol=1e-5, rtol=1e-5)
     # adjoint: <add_to_(0), G> == sum_a <terms_a, grads_from_logits(G)_a>
     g = torch.randn_like(expected)
     lhs = (expected * g).sum()
-    rhs = sum((t * gt).sum() for t, gt in zip(rel.terms, rel.grads_from_logits(g)))
+    rhs = sum((t * gt).sum() for t, gt in zip(terms, rel.grads_from_logits(g)))
     torch.testing.assert_close(lhs, rhs, atol=1e-3, rtol=1e-4)
 
 
@@ -81,7 +83,7 @@ def _rel_pos_case(dtype, q_shape=(3, 2), k_shape=(2, 1), prefix=1, heads=2, c=4)
     def attention(fn, mask=None):
         def run(q, k, v, *tables):
             lookups = [rel_pos_lookup(a, b, t) for a, b, t in zip(q_shape, k_shape, tables)]
-            return fn(q, k, v, 0.5, rel_pos_terms(q, lookups, q_shape, k_shape, prefix), mask)
+            return fn(q, k, v, 0.5, RelPos(lookups, q_shape, k_shape, prefix), mask)
         return run
     return leaves, attention
 
@@ -165,26 +167,27 @@ def test_every_policy_equals_reference_with_class_token_and_abs_pos():
     assert ref.shape == (1, 7)
     model.kernels = "reference"
     x = torch.randn(2, 3, 96, 64)
-    _assert_policies_agree(_DictOut(model), x)
+    _assert_policies_agree(_AsDict(model, lambda m, x: {"logits": m(x)}), x)
 
 
-class _DictOut(torch.nn.Module):
-    """A classifier seen as a dict-output model, with the trunk's policy switch."""
+class _AsDict(torch.nn.Module):
+    """A trunk seen as a dict-output model with the trunk's policy switch: ``outputs(trunk, x)``
+    gives the dict."""
 
-    def __init__(self, model):
+    def __init__(self, trunk, outputs):
         super().__init__()
-        self.model = model
+        self.trunk, self.outputs = trunk, outputs
 
     @property
     def kernels(self):
-        return self.model.kernels
+        return self.trunk.kernels
 
     @kernels.setter
     def kernels(self, policy):
-        self.model.kernels = policy
+        self.trunk.kernels = policy
 
     def forward(self, x):
-        return {"logits": self.model(x)}
+        return self.outputs(self.trunk, x)
 
 
 SMALL_3D = dict(patch_kernel=(3, 7, 7), patch_stride=(2, 4, 4), patch_padding=(1, 3, 3),
@@ -197,7 +200,8 @@ def test_3d_trunk_forward_backward_under_every_policy():
     """Cube embedding, space-only Q pooling at transitions, (1, s, s) K/V strides and rel-pos
     over t, h, w; a clip length and frame size other than the built ones interpolate."""
     torch.manual_seed(0)
-    trunk = _Stages(MViTTrunk(**SMALL_3D)).train()
+    trunk = _AsDict(MViTTrunk(**SMALL_3D), lambda m, x: {
+        f"stage{i}": t for i, (t, _) in enumerate(m.forward_stages(x))}).train()
     blocks = trunk.trunk.blocks
     assert blocks[1].attn.cfg.stride_q == (1, 2, 2)
     assert blocks[0].attn.cfg.stride_kv == (1, 4, 4)
@@ -208,23 +212,6 @@ def test_3d_trunk_forward_backward_under_every_policy():
     assert out["stage2"].shape == (2, 3 * 3 * 5, 64)
     assert all(torch.isfinite(v).all() for v in out.values())
     _assert_policies_agree(trunk, x)
-
-
-class _Stages(torch.nn.Module):
-    def __init__(self, trunk):
-        super().__init__()
-        self.trunk = trunk
-
-    @property
-    def kernels(self):
-        return self.trunk.kernels
-
-    @kernels.setter
-    def kernels(self, policy):
-        self.trunk.kernels = policy
-
-    def forward(self, x):
-        return {f"stage{i}": t for i, (t, _) in enumerate(self.trunk.forward_stages(x))}
 
 
 # ---------------------------------------------------------------- what the policy picks

@@ -295,7 +295,7 @@ def attention_kernels(
     under no_grad and "fwd+bwd"), and the forward's GFLOP/s counting q·kᵀ and p·v only
     ("fwd_gflops")."""
     from ..kernels import explicit_attend, folded_attend, sdpa_attend
-    from ..layers import attend, rel_pos_lookup, rel_pos_terms
+    from ..layers import RelPos, attend, rel_pos_lookup
 
     torch.manual_seed(0)
     tables = [torch.randn(2 * q_window - 1, dim, device=device) for _ in range(2)]
@@ -307,7 +307,7 @@ def attention_kernels(
     gflop = 4 * windows * heads * q_window**2 * kv_window**2 * dim / 1e9
 
     def run(fn, q, k, v):
-        return fn(q, k, v, scale, rel_pos_terms(q, lookups, *shapes))
+        return fn(q, k, v, scale, RelPos(lookups, *shapes))
 
     results: dict[str, dict[str, float]] = {}
     for fn in (attend, explicit_attend, sdpa_attend, folded_attend):

@@ -1,19 +1,23 @@
 """Faster implementations of :func:`mvit_backbone.layers.attention.attend`, same signature.
 
 - :func:`explicit_attend`: matmul + softmax as one autograd node that stores q, k, v and the
-  probabilities only (autograd through the plain ops also keeps a scaled copy of q and
-  contiguous copies made by the batched matmuls). Backward is the textbook one; the bias
-  gradient goes to the rel-pos terms through their adjoint (:class:`RelPosTerms`). In
-  inference the probabilities overwrite the logits in place. For windows, whose probabilities
-  are small.
+  probabilities only (autograd through the plain ops also keeps a scaled copy of q, copies
+  made by the batched matmuls and the rel-pos einsums' operands). Backward is the textbook
+  one; the rel-pos terms are recomputed there and their gradient (the adjoint of their
+  placement, :meth:`RelPos.grads_from_logits`) goes back through them by autograd. In
+  inference the probabilities overwrite the logits in place. For windows and small global
+  maps, whose probabilities are small.
 - :func:`sdpa_attend`: ``F.scaled_dot_product_attention`` with the rel-pos bias as additive mask,
   built one query chunk of at most 16 MiB at a time. On CUDA the memory-efficient kernel also
   differentiates the bias; on CPU the flash kernel runs in inference.
 - :func:`folded_attend`: the bias folded into the dot product: q gets the terms ``q·R_a``
   appended, k the one-hot key codes, so plain attention on them is attention with the bias and
-  the CPU flash kernel runs forward *and* backward with no Lq x Lk tensor (global attention in
-  training, where the probabilities would be large). Its autograd node stores the unfolded q,
-  k, v, the output and the log-sum-exp, and rebuilds the folded operands in backward.
+  the CPU flash kernel runs forward *and* backward with no Lq x Lk tensor (large global maps in
+  training). Its autograd node stores the unfolded q, k, v, the output and the log-sum-exp,
+  and rebuilds the folded operands in backward.
+
+The nodes take the rel-pos lookups (not the terms) as inputs, so nothing of the terms is
+stored for backward.
 """
 from __future__ import annotations
 
@@ -22,34 +26,48 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from ..layers.rel_pos import RelPosTerms
+from ..layers.rel_pos import RelPos
 
 # largest rel-pos bias built at once by sdpa_attend (fp32 elements: 16 MiB)
 BIAS_CHUNK_ELEMENTS = 1 << 22
 
 
+def _rel_pos_backward(rel_pos: RelPos, q: torch.Tensor, lookups: list[torch.Tensor],
+                      needs: list[bool], grad_terms: list[torch.Tensor]) -> list[torch.Tensor | None]:
+    """Gradients of (q, *lookups) through the rel-pos terms, given the terms' gradients: the
+    terms are recomputed with autograd (one einsum per axis) and differentiated."""
+    inputs = [t.detach().requires_grad_(need) for t, need in zip([q, *lookups], needs)]
+    wanted = [t for t in inputs if t.requires_grad]
+    if not wanted:
+        return [None] * len(inputs)
+    with torch.enable_grad():
+        terms = rel_pos.terms(inputs[0], inputs[1:])
+    found = iter(torch.autograd.grad(terms, wanted, grad_terms, allow_unused=True))
+    return [next(found) if t.requires_grad else None for t in inputs]
+
+
 class _ExplicitAttention(torch.autograd.Function):
-    """Inputs: q, k, v (B, heads, L, C), scale, mask (bool or None), the RelPosTerms (or
-    None), then its per-axis terms (so that autograd routes their gradients)."""
+    """Inputs: q, k, v (B, heads, L, C), scale, mask (bool or None), the RelPos (or None),
+    then its lookups (so that autograd routes their gradients)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, scale, mask, rel_pos, *terms):
+    def forward(ctx, q, k, v, scale, mask, rel_pos, *lookups):
         logits = (q * scale) @ k.transpose(-2, -1)
         if rel_pos is not None:
-            rel_pos.add_to_(logits)
+            rel_pos.add_to_(logits, rel_pos.terms(q))
         if mask is not None:
             logits.masked_fill_(~mask, float("-inf"))
         # nothing keeps the logits: the probabilities overwrite them, row by row
         probs = torch.ops.aten._softmax.out(logits, -1, False, out=logits)
-        # the placement of the terms on the key grid, without the terms themselves
         ctx.scale = scale
-        ctx.rel_pos = None if rel_pos is None else dataclasses.replace(rel_pos, terms=[])
-        ctx.save_for_backward(q, k, v, probs)
+        # the placement of the terms, without the lookups (saved as tensors)
+        ctx.rel_pos = None if rel_pos is None else dataclasses.replace(rel_pos, lookups=[])
+        ctx.save_for_backward(q, k, v, probs, *lookups)
         return probs @ v
 
     @staticmethod
     def backward(ctx, grad):
-        q, k, v, probs = ctx.saved_tensors
+        q, k, v, probs, *lookups = ctx.saved_tensors
         grad = grad.contiguous()  # read by two matmuls
         grad_v = probs.transpose(-2, -1) @ grad
         grad_logits = grad @ v.transpose(-2, -1)
@@ -59,8 +77,14 @@ class _ExplicitAttention(torch.autograd.Function):
         )
         grad_q = (grad_logits @ k).mul_(ctx.scale)
         grad_k = (grad_logits.transpose(-2, -1) @ q).mul_(ctx.scale)
-        grad_terms = ctx.rel_pos.grads_from_logits(grad_logits) if ctx.rel_pos is not None else []
-        return (grad_q, grad_k, grad_v, None, None, None, *grad_terms)
+        grad_lookups = []
+        if ctx.rel_pos is not None:
+            needs = [True] + list(ctx.needs_input_grad[6:])
+            grad_terms = ctx.rel_pos.grads_from_logits(grad_logits)
+            del grad_logits
+            grad_q_rel, *grad_lookups = _rel_pos_backward(ctx.rel_pos, q, lookups, needs, grad_terms)
+            grad_q += grad_q_rel
+        return (grad_q, grad_k, grad_v, None, None, None, *grad_lookups)
 
 
 def explicit_attend(
@@ -68,12 +92,12 @@ def explicit_attend(
     k: torch.Tensor,
     v: torch.Tensor,
     scale: float,
-    rel_pos: RelPosTerms | None = None,
+    rel_pos: RelPos | None = None,
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Matmul + softmax in one autograd node (see the module docstring)."""
-    terms = rel_pos.terms if rel_pos is not None else []
-    return _ExplicitAttention.apply(q, k, v, scale, mask, rel_pos, *terms)
+    lookups = rel_pos.lookups if rel_pos is not None else []
+    return _ExplicitAttention.apply(q, k, v, scale, mask, rel_pos, *lookups)
 
 
 def sdpa_attend(
@@ -81,7 +105,7 @@ def sdpa_attend(
     k: torch.Tensor,
     v: torch.Tensor,
     scale: float,
-    rel_pos: RelPosTerms | None = None,
+    rel_pos: RelPos | None = None,
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """SDPA with the rel-pos bias (and mask) as additive mask, one query chunk at a time."""
@@ -89,48 +113,51 @@ def sdpa_attend(
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     # a whole-map bias is 10-130 MiB at detection sizes, and writing fresh memory of that size
     # costs more than the attention reads from it
+    terms = rel_pos.terms(q)
     rows = max(1, BIAS_CHUNK_ELEMENTS // (q.shape[0] * q.shape[1] * k.shape[2]))
     outs = []
     for start in range(0, q.shape[2], rows):
         part = slice(start, start + rows)
-        bias = rel_pos.bias(part).to(q.dtype)
+        bias = rel_pos.bias([t[:, :, part] for t in terms]).to(q.dtype)
         if mask is not None:
             bias = bias.masked_fill(~mask[..., part, :], float("-inf"))
         outs.append(F.scaled_dot_product_attention(q[:, :, part], k, v, attn_mask=bias, scale=scale))
     return torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
 
 
-def _fold(q, k, v, scale, terms, codes):
+def _fold(q, k, v, scale, rel_pos, lookups, codes):
     """``[q·scale, *terms]``, ``[k, *codes]`` and v zero-padded to the same head size (the CPU
     flash kernel wants one head size), so plain attention on them is attention with the bias."""
     lead = k.shape[:2]
-    q_ext = torch.cat([q * scale, *terms], dim=-1)
+    q_ext = torch.cat([q * scale, *rel_pos.terms(q, lookups)], dim=-1)
     k_ext = torch.cat([k, *(c.expand(*lead, *c.shape) for c in codes)], dim=-1)
     return q_ext, k_ext, F.pad(v, (0, q_ext.shape[-1] - v.shape[-1]))
 
 
 class _FoldedFlashAttention(torch.autograd.Function):
-    """Inputs: q, k, v, scale, additive mask bias (or None), key codes, then the terms."""
+    """Inputs: q, k, v, scale, additive mask bias (or None), the RelPos, then its lookups."""
 
     @staticmethod
-    def forward(ctx, q, k, v, scale, bias, codes, *terms):
-        q_ext, k_ext, v_ext = _fold(q, k, v, scale, terms, codes)
+    def forward(ctx, q, k, v, scale, bias, rel_pos, *lookups):
+        codes = rel_pos.key_codes(k)
+        q_ext, k_ext, v_ext = _fold(q, k, v, scale, rel_pos, lookups, codes)
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
             q_ext, k_ext, v_ext, 0.0, False, attn_mask=bias, scale=1.0
         )
         del q_ext, k_ext, v_ext
         out = out[..., : v.shape[-1]].contiguous()
         ctx.scale, ctx.codes = scale, codes
-        ctx.save_for_backward(q, k, v, bias, out, lse, *terms)
+        ctx.rel_pos = dataclasses.replace(rel_pos, lookups=[])
+        ctx.save_for_backward(q, k, v, bias, out, lse, *lookups)
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        q, k, v, bias, out, lse, *terms = ctx.saved_tensors
+        q, k, v, bias, out, lse, *lookups = ctx.saved_tensors
         needs = ctx.needs_input_grad[:3] + ctx.needs_input_grad[6:]
-        inputs = [t.detach().requires_grad_(need) for t, need in zip([q, k, v, *terms], needs)]
+        inputs = [t.detach().requires_grad_(need) for t, need in zip([q, k, v, *lookups], needs)]
         with torch.enable_grad():
-            folded = _fold(*inputs[:3], ctx.scale, inputs[3:], ctx.codes)
+            folded = _fold(*inputs[:3], ctx.scale, ctx.rel_pos, inputs[3:], ctx.codes)
         # exact: the padded output columns are zeros (the padded v columns are)
         extra = folded[0].shape[-1] - v.shape[-1]
         grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
@@ -148,18 +175,17 @@ def folded_attend(
     k: torch.Tensor,
     v: torch.Tensor,
     scale: float,
-    rel_pos: RelPosTerms | None = None,
+    rel_pos: RelPos | None = None,
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The rel-pos bias folded into the dot product (see the module docstring). On CPU it runs
     the flash kernel forward and backward; elsewhere SDPA on the folded operands."""
     if rel_pos is None:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-    codes = rel_pos.key_codes(k)
     if q.device.type == "cpu":
         bias = None if mask is None else torch.zeros(mask.shape, dtype=q.dtype).masked_fill_(
             ~mask, float("-inf"))
-        return _FoldedFlashAttention.apply(q, k, v, scale, bias, codes, *rel_pos.terms)
-    q_ext, k_ext, v_ext = _fold(q, k, v, scale, rel_pos.terms, codes)
+        return _FoldedFlashAttention.apply(q, k, v, scale, bias, rel_pos, *rel_pos.lookups)
+    q_ext, k_ext, v_ext = _fold(q, k, v, scale, rel_pos, rel_pos.lookups, rel_pos.key_codes(k))
     out = F.scaled_dot_product_attention(q_ext, k_ext, v_ext, attn_mask=mask, scale=1.0)
     return out[..., : v.shape[-1]]

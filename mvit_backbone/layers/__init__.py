@@ -11,7 +11,7 @@ from .attention import (
 )
 from .blocks import BlockConfig, Mlp, MultiScaleBlock
 from .patch_embed import PatchEmbed
-from .rel_pos import RelPosTerms, rel_pos_lookup, rel_pos_terms, resize_rel_pos
+from .rel_pos import RelPos, rel_pos_lookup, resize_rel_pos
 from .windows import (
     partition_run,
     shifted_window_mask,
@@ -29,14 +29,13 @@ __all__ = [
     "MultiScaleAttention",
     "MultiScaleBlock",
     "PatchEmbed",
-    "RelPosTerms",
+    "RelPos",
     "attend",
     "attention_pool",
     "attention_probs",
     "make_pool",
     "partition_run",
     "rel_pos_lookup",
-    "rel_pos_terms",
     "resize_rel_pos",
     "shifted_window_mask",
     "unpartition_run",

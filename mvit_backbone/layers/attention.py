@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .rel_pos import RelPosTerms, rel_pos_lookup, rel_pos_terms
+from .rel_pos import RelPos, rel_pos_lookup
 from .windows import partition_run, shifted_window_mask, unpartition_run, window_runs
 
 POOL_MODES = ("conv", "max", "avg")
@@ -35,7 +35,7 @@ class AttendFn(Protocol):
     """
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-                 rel_pos: RelPosTerms | None = None,
+                 rel_pos: RelPos | None = None,
                  mask: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
@@ -43,13 +43,13 @@ def attention_probs(
     q: torch.Tensor,
     k: torch.Tensor,
     scale: float,
-    rel_pos: RelPosTerms | None = None,
+    rel_pos: RelPos | None = None,
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """softmax(q·kᵀ·scale + bias) with masked keys excluded: (B, heads, Lq, Lk)."""
     logits = (q * scale) @ k.transpose(-2, -1)
     if rel_pos is not None:
-        logits = logits + rel_pos.bias()
+        logits = logits + rel_pos.bias(rel_pos.terms(q))
     if mask is not None:
         logits = logits.masked_fill(~mask, float("-inf"))
     return logits.softmax(dim=-1)
@@ -60,7 +60,7 @@ def attend(
     k: torch.Tensor,
     v: torch.Tensor,
     scale: float,
-    rel_pos: RelPosTerms | None = None,
+    rel_pos: RelPos | None = None,
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The reference :class:`AttendFn`: explicit matmul + softmax."""
@@ -290,7 +290,7 @@ class MultiScaleAttention(nn.Module):
             return self._windowed(q, k, v, q_shape, k_shape, attend)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
         lookups = self.rel_pos_lookups(q_shape, k_shape)
-        rel_pos = None if lookups is None else rel_pos_terms(q, lookups, q_shape, k_shape, self.num_prefix)
+        rel_pos = None if lookups is None else RelPos(lookups, q_shape, k_shape, self.num_prefix)
         return attend(q, k, v, self.scale, rel_pos).transpose(1, 2)
 
     def forward(
@@ -377,11 +377,10 @@ class MultiScaleAttention(nn.Module):
                 cols, q_row.split(q_sizes, dim=2), k_row.split(k_sizes, dim=2),
                 v_row.split(k_sizes, dim=2),
             ):
-                q_win = partition_run(qs, qh, qw)
-                rel_pos = None if full is None else rel_pos_terms(
-                    q_win, [full[0][:qh, :kh], full[1][:qw, :kw]], (qh, qw), (kh, kw))
-                out = attend(q_win, partition_run(ks, kh, kw), partition_run(vs, kh, kw),
-                             self.scale, rel_pos, mask)
+                rel_pos = None if full is None else RelPos(
+                    [full[0][:qh, :kh], full[1][:qw, :kw]], (qh, qw), (kh, kw))
+                out = attend(partition_run(qs, qh, qw), partition_run(ks, kh, kw),
+                             partition_run(vs, kh, kw), self.scale, rel_pos, mask)
                 out_cols.append(unpartition_run(out, b, nr, nc, qh, qw))
             out_rows.append(torch.cat(out_cols, dim=2) if len(out_cols) > 1 else out_cols[0])
         out = torch.cat(out_rows, dim=1) if len(out_rows) > 1 else out_rows[0]

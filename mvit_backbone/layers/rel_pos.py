@@ -3,10 +3,10 @@
 The attention logit between query ``i`` and key ``j`` gets ``q_i · (R_t[t(i)-t(j)] +
 R_h[h(i)-h(j)] + R_w[w(i)-w(j)])``, one table per axis of the grid (1 to 3 axes). The bias is
 never needed as a whole: it is the sum of per-axis *terms* ``q · R_a`` of shape
-(..., Lq, k_len_a), each broadcast over the other key axes. :func:`rel_pos_terms` computes the
-terms; :class:`RelPosTerms` places them on the key grid in the forms the attention
-implementations consume (added to the logits, a bias, or one-hot key codes whose dot product
-with the terms is the bias) and gives the adjoint of that placement for hand-written backwards.
+(..., Lq, k_len_a), each broadcast over the other key axes. :class:`RelPos` computes the
+terms and places them on the key grid in the forms the attention implementations consume
+(added to the logits, a bias, or one-hot key codes whose dot product with the terms is the
+bias), and gives the adjoint of that placement for hand-written backwards.
 
 A table has length ``2 * max(q_len, k_len) - 1`` for the grid it was built for; at run time it
 is linearly interpolated to the lengths it meets, so a model built for 224² runs at 1024² or
@@ -47,37 +47,55 @@ def rel_pos_lookup(q_len: int, k_len: int, rel_pos: torch.Tensor) -> torch.Tenso
 
 
 @dataclass
-class RelPosTerms:
-    """The decomposed bias of one attention call, kept as per-axis terms.
+class RelPos:
+    """The decomposed bias of one attention call: per grid axis, the lookup (q_len, k_len, C)
+    of :func:`rel_pos_lookup` (or a slice of a larger one, for windows cut at the border).
 
-    ``terms[a]``: (B, heads, p + Lq, k_shape[a]) with zero rows for the p prefix (class)
-    tokens; the bias of query i and key j is ``sum_a terms[a][i, coord_a(j)]`` over the grid
-    keys, and zero for prefix keys.
+    The bias is never needed as a whole: :meth:`terms` gives per axis ``q · R_a`` of shape
+    (B, heads, p + Lq, k_shape[a]) with zero rows for the p prefix (class) tokens, and the
+    bias of query i and key j is ``sum_a terms[a][i, coord_a(j)]`` over the grid keys (zero for
+    prefix keys). The other methods place the terms on the key grid in the forms the attention
+    implementations consume.
     """
 
-    terms: list[torch.Tensor]
+    lookups: list[torch.Tensor]
+    q_shape: tuple[int, ...]
     k_shape: tuple[int, ...]
-    num_prefix: int
+    num_prefix: int = 0
 
-    def on_key_axis(self, axis: int, rows: slice = slice(None)) -> torch.Tensor:
-        """Term ``axis`` for the query rows ``rows`` viewed on the key grid:
-        (B, heads, rows, 1, ..., k_shape[axis], ..., 1)."""
+    def terms(self, q: torch.Tensor, lookups: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """Per axis, ``q · R_a`` for unscaled queries q (B, heads, p + prod(q_shape), C);
+        ``lookups`` replaces :attr:`lookups` (to differentiate with respect to them)."""
+        p = self.num_prefix
+        b, heads, _, c = q.shape
+        axes = EINSUM_AXES[-len(self.q_shape):]
+        q_grid = (q.split([p, q.shape[2] - p], dim=2)[1] if p else q).reshape(
+            b, heads, *self.q_shape, c)
+        terms = []
+        for a, r in enumerate(self.lookups if lookups is None else lookups):
+            term = torch.einsum(f"bn{axes}c,{axes[a]}kc->bn{axes}k", q_grid, r.to(q.dtype))
+            term = term.reshape(b, heads, -1, r.shape[1])
+            terms.append(F.pad(term, (0, 0, p, 0)) if p else term)
+        return terms
+
+    def on_key_axis(self, term: torch.Tensor, axis: int) -> torch.Tensor:
+        """A term of ``axis`` (..., rows, k_shape[axis]) viewed on the key grid:
+        (..., rows, 1, ..., k_shape[axis], ..., 1)."""
         view = [1] * len(self.k_shape)
         view[axis] = self.k_shape[axis]
-        term = self.terms[axis][:, :, rows]
         return term.reshape(*term.shape[:-1], *view)
 
-    def add_to_(self, logits: torch.Tensor) -> torch.Tensor:
+    def add_to_(self, logits: torch.Tensor, terms: Sequence[torch.Tensor]) -> torch.Tensor:
         """Add the bias to logits (B, heads, p + Lq, p + Lk) in place, axis by axis (no
         Lq x Lk bias is built); returns logits."""
         grid = logits[..., self.num_prefix:].unflatten(-1, self.k_shape)
-        for a in range(len(self.terms)):
-            grid.add_(self.on_key_axis(a))
+        for a, term in enumerate(terms):
+            grid.add_(self.on_key_axis(term, a))
         return logits
 
-    def bias(self, rows: slice = slice(None)) -> torch.Tensor:
-        """The bias for the query rows ``rows``: (B, heads, rows, p + Lk)."""
-        bias = sum(self.on_key_axis(a, rows) for a in range(len(self.terms)))
+    def bias(self, terms: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The bias (B, heads, rows, p + Lk) from terms (B, heads, rows, k_shape[a])."""
+        bias = sum(self.on_key_axis(term, a) for a, term in enumerate(terms))
         bias = bias.flatten(3)
         return F.pad(bias, (self.num_prefix, 0)) if self.num_prefix else bias
 
@@ -103,31 +121,3 @@ class RelPosTerms:
         # (a sum over an empty list of dims would sum over all of them)
         return [grid.sum([first + i for i in range(ndim) if i != a]) if ndim > 1 else grid
                 for a in range(ndim)]
-
-
-def rel_pos_terms(
-    q: torch.Tensor,
-    lookups: Sequence[torch.Tensor],
-    q_shape: Sequence[int],
-    k_shape: Sequence[int],
-    num_prefix: int = 0,
-) -> RelPosTerms:
-    """The per-axis terms ``q · R_a`` of the decomposed bias.
-
-    Args:
-        q: unscaled queries (B, heads, p + prod(q_shape), C).
-        lookups: per grid axis, :func:`rel_pos_lookup` (q_shape[a], k_shape[a], C) (or a slice
-            of a larger one, for windows cut at the border).
-        q_shape / k_shape: the query and key grids, e.g. (H, W) or (T, H, W).
-        num_prefix: class tokens in front of the grid tokens (their terms are zero).
-    """
-    p = num_prefix
-    b, heads, _, c = q.shape
-    axes = EINSUM_AXES[-len(q_shape):]
-    q_grid = (q.split([p, q.shape[2] - p], dim=2)[1] if p else q).reshape(b, heads, *q_shape, c)
-    terms = []
-    for a, r in enumerate(lookups):
-        term = torch.einsum(f"bn{axes}c,{axes[a]}kc->bn{axes}k", q_grid, r.to(q.dtype))
-        term = term.reshape(b, heads, -1, r.shape[1])
-        terms.append(F.pad(term, (0, 0, p, 0)) if p else term)
-    return RelPosTerms(terms, tuple(k_shape), p)
