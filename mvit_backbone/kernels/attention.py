@@ -32,17 +32,21 @@ from ..layers.rel_pos import RelPos
 BIAS_CHUNK_ELEMENTS = 1 << 22
 
 
-def _rel_pos_backward(rel_pos: RelPos, q: torch.Tensor, lookups: list[torch.Tensor],
-                      needs: list[bool], grad_terms: list[torch.Tensor]) -> list[torch.Tensor | None]:
-    """Gradients of (q, *lookups) through the rel-pos terms, given the terms' gradients: the
-    terms are recomputed with autograd (one einsum per axis) and differentiated."""
-    inputs = [t.detach().requires_grad_(need) for t, need in zip([q, *lookups], needs)]
+def _recompute(fn, tensors: list[torch.Tensor], needs: list[bool]):
+    """``fn`` re-run with autograd on detached copies of ``tensors`` (requiring grad where
+    ``needs``), inside a backward: returns (the copies, fn's outputs)."""
+    inputs = [t.detach().requires_grad_(need) for t, need in zip(tensors, needs)]
+    with torch.enable_grad():
+        return inputs, fn(*inputs)
+
+
+def _input_grads(outputs, inputs: list[torch.Tensor], grad_outputs) -> list[torch.Tensor | None]:
+    """Gradients of :func:`_recompute`'s copies from its outputs' gradients (None where a copy
+    needs none)."""
     wanted = [t for t in inputs if t.requires_grad]
     if not wanted:
         return [None] * len(inputs)
-    with torch.enable_grad():
-        terms = rel_pos.terms(inputs[0], inputs[1:])
-    found = iter(torch.autograd.grad(terms, wanted, grad_terms, allow_unused=True))
+    found = iter(torch.autograd.grad(outputs, wanted, grad_outputs, allow_unused=True))
     return [next(found) if t.requires_grad else None for t in inputs]
 
 
@@ -82,7 +86,9 @@ class _ExplicitAttention(torch.autograd.Function):
             needs = [True] + list(ctx.needs_input_grad[6:])
             grad_terms = ctx.rel_pos.grads_from_logits(grad_logits)
             del grad_logits
-            grad_q_rel, *grad_lookups = _rel_pos_backward(ctx.rel_pos, q, lookups, needs, grad_terms)
+            # the terms recomputed with autograd (one einsum per axis) and differentiated
+            inputs, terms = _recompute(lambda q, *lk: ctx.rel_pos.terms(q, lk), [q, *lookups], needs)
+            grad_q_rel, *grad_lookups = _input_grads(terms, inputs, grad_terms)
             grad_q += grad_q_rel
         return (grad_q, grad_k, grad_v, None, None, None, *grad_lookups)
 
@@ -155,18 +161,16 @@ class _FoldedFlashAttention(torch.autograd.Function):
     def backward(ctx, grad):
         q, k, v, bias, out, lse, *lookups = ctx.saved_tensors
         needs = ctx.needs_input_grad[:3] + ctx.needs_input_grad[6:]
-        inputs = [t.detach().requires_grad_(need) for t, need in zip([q, k, v, *lookups], needs)]
-        with torch.enable_grad():
-            folded = _fold(*inputs[:3], ctx.scale, ctx.rel_pos, inputs[3:], ctx.codes)
+        inputs, folded = _recompute(
+            lambda q, k, v, *lk: _fold(q, k, v, ctx.scale, ctx.rel_pos, lk, ctx.codes),
+            [q, k, v, *lookups], needs)
         # exact: the padded output columns are zeros (the padded v columns are)
         extra = folded[0].shape[-1] - v.shape[-1]
         grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
             F.pad(grad, (0, extra)), *(t.detach() for t in folded), F.pad(out, (0, extra)), lse,
             0.0, False, attn_mask=bias, scale=1.0,
         )
-        wanted = [t for t in inputs if t.requires_grad]
-        found = iter(torch.autograd.grad(folded, wanted, grads, allow_unused=True))
-        result = [next(found) if t.requires_grad else None for t in inputs]
+        result = _input_grads(folded, inputs, grads)
         return (*result[:3], None, None, None, *result[3:])
 
 
