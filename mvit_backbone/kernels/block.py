@@ -75,9 +75,10 @@ def _attention_forward(
     else:
         pooled, shapes = _project_and_pool(attn, x, shape, norm, attn.pool_parts(), recompute)
     q, k, v = pooled
-    out = attn.attend_and_project(q, k, v, shapes[0], shapes[-1], attend,
-                                  project=lambda t: linear(t, attn.proj.weight, attn.proj.bias))
-    return out, shapes[0]
+    out = attn.attention(q, k, v, shapes[0], shapes[-1], attend)
+    if attn.cfg.residual_pooling:
+        out = out + q
+    return linear(out.flatten(2), attn.proj.weight, attn.proj.bias), shapes[0]
 
 
 def _skip(block: MultiScaleBlock, x: torch.Tensor, x_in: torch.Tensor, shape: Sequence[int],

@@ -306,25 +306,11 @@ class MultiScaleAttention(nn.Module):
             pooled += out
             shapes += [out_shape] * len(pools)
         q, k, v = pooled
-        return self.attend_and_project(q, k, v, shapes[0], shapes[-1], attend), shapes[0]
-
-    def attend_and_project(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        q_shape: tuple[int, ...],
-        k_shape: tuple[int, ...],
-        attend: AttendFn = attend,
-        project: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        """Attention of pooled q (B, p + Lq, heads, C) to k, v, residual pooling and the output
-        projection (``self.proj`` unless ``project`` is given). Returns (B, p + Lq, dim_out)."""
-        out = self.attention(q, k, v, q_shape, k_shape, attend)
+        out = self.attention(q, k, v, shapes[0], shapes[-1], attend)
         if self.cfg.residual_pooling:
             # the class token takes part too, as in the official image models (and timm)
             out = out + q
-        return (project or self.proj)(out.flatten(2))
+        return self.proj(out.flatten(2)), shapes[0]
 
     def _windowed(
         self,
