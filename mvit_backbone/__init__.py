@@ -7,6 +7,7 @@ from .checkpoint import LoadReport, load_checkpoint
 from .classification import MViTClassifier, create_model, list_models
 from .detection import MViT, add_mvitv2_config, build_mvitv2_backbone, build_mvitv2_fpn_backbone
 from .mvit import MVITV2_VARIANTS, WINDOW_MODES, MViTTrunk, mvitv2_variant
+from . import video  # noqa: F401  (registers the video models with create_model)
 
 __version__ = "0.1.0"
 

@@ -57,7 +57,7 @@ def interpolate_abs_pos(
     pos: torch.Tensor, shape: Sequence[int], src_shape: Sequence[int] | None = None
 ) -> torch.Tensor:
     """Absolute position grid (1, N, C) of ``src_shape`` (default: a square 2-D grid) ->
-    (1, prod(shape), C), bicubic (2-D) or trilinear (3-D) when resized."""
+    (1, prod(shape), C), linear (1-D), bicubic (2-D) or trilinear (3-D) when resized."""
     n = pos.shape[1]
     if src_shape is None:
         side = int(math.sqrt(n))
@@ -67,7 +67,7 @@ def interpolate_abs_pos(
     if tuple(shape) == tuple(src_shape):
         return pos
     grid = pos.reshape(1, *src_shape, -1).movedim(-1, 1)
-    mode = "bicubic" if len(src_shape) == 2 else "trilinear"
+    mode = {1: "linear", 2: "bicubic", 3: "trilinear"}[len(src_shape)]
     grid = F.interpolate(grid, size=tuple(shape), mode=mode, align_corners=False)
     # contiguous tokens: added to the patch tokens, a transposed view would make the sum (and
     # so the first blocks' tensors) strided
@@ -83,7 +83,14 @@ class MViTTrunk(nn.Module):
         window_padding: "detectron2" (default, detectron2's results) | "minimal" (no padded
             windows; differs from detectron2 where the pooled grids are not window multiples).
         pool_mode: "conv" (MViTv2), "max" or "avg" pooling of Q/K/V (MViTv1 options).
+        pool_q_unstrided: pool the query in every block (MViTv2); False: only where it is
+            strided, at stage transitions (MViTv1).
+        residual_pooling_cls: residual pooling adds to the class token too (image models);
+            False: to the grid tokens only (the video models of PySlowFast and torchvision).
         use_cls_token: prepend a class token (MViTv1 and classification checkpoints).
+        sep_pos_embed: with ``use_abs_pos`` on video, separate space and time absolute
+            positions, ``pos_embed_spatial`` (1, H*W, C) + ``pos_embed_temporal`` (1, T, C),
+            and ``pos_embed_class`` (1, 1, C) for the class token (MViTv1 §3, App. D).
         expand_in_attention: channel expansion in the attention of a stage's first block (v2)
             instead of in the MLP of a stage's last block (v1).
         num_frames: clip length the model is built for (3-D only; sets the rel-pos tables and
@@ -127,7 +134,10 @@ class MViTTrunk(nn.Module):
         window_mode: str = "hwin",
         window_padding: str = "detectron2",
         pool_mode: str = "conv",
+        pool_q_unstrided: bool = True,
+        residual_pooling_cls: bool = True,
         use_cls_token: bool = False,
+        sep_pos_embed: bool = False,
         expand_in_attention: bool = True,
         num_frames: int = 16,
         kernels: str = "auto",
@@ -143,6 +153,8 @@ class MViTTrunk(nn.Module):
                              f"need one entry per grid axis ({ndim})")
         if ndim == 3 and window_mode != "none":
             raise ValueError("video (3-D) models use global attention: window_mode='none'")
+        if sep_pos_embed and (ndim != 3 or not use_abs_pos):
+            raise ValueError("sep_pos_embed needs a video (3-D) model with use_abs_pos=True")
         self.kernels = check_policy(kernels)
         self.in_chans = in_chans
         self.patch_kernel = tuple(patch_kernel)
@@ -161,8 +173,15 @@ class MViTTrunk(nn.Module):
         input_size = [n // s for n, s in zip(frames + (img_size,) * 2, patch_stride)]
         self._pos_grid = tuple(n // s for n, s in zip(frames + (pretrain_img_size,) * 2, patch_stride))
         self.pos_embed = None
+        self.sep_pos_embed = sep_pos_embed
         self._pos_has_cls = use_cls_token or pretrain_use_cls_token
-        if use_abs_pos:
+        if use_abs_pos and sep_pos_embed:
+            frames_grid, *space_grid = self._pos_grid
+            self.pos_embed_spatial = nn.Parameter(torch.zeros(1, math.prod(space_grid), embed_dim))
+            self.pos_embed_temporal = nn.Parameter(torch.zeros(1, frames_grid, embed_dim))
+            if use_cls_token:
+                self.pos_embed_class = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        elif use_abs_pos:
             self.pos_embed = nn.Parameter(
                 torch.zeros(1, math.prod(self._pos_grid) + int(self._pos_has_cls), embed_dim)
             )
@@ -176,7 +195,8 @@ class MViTTrunk(nn.Module):
             norm_layer=norm_layer, act_layer=act_layer,
             attention=dict(
                 qkv_bias=qkv_bias, pool_kernel=tuple(qkv_pool_kernel), pool_mode=pool_mode,
-                residual_pooling=residual_pooling, window_padding=window_padding,
+                pool_q_unstrided=pool_q_unstrided, residual_pooling=residual_pooling,
+                residual_pooling_cls=residual_pooling_cls, window_padding=window_padding,
                 use_rel_pos=use_rel_pos, rel_pos_zero_init=rel_pos_zero_init,
                 num_prefix=self.num_prefix,
             ),
@@ -186,8 +206,9 @@ class MViTTrunk(nn.Module):
         self.stage_strides = [patch_stride[-1] * 2**s for s in range(len(self._last_block_indexes))]
         self.num_features = self.block_configs[-1].dim_out
 
-        if self.pos_embed is not None:
-            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        for name in ("pos_embed", "pos_embed_spatial", "pos_embed_temporal", "pos_embed_class"):
+            if getattr(self, name, None) is not None:
+                nn.init.trunc_normal_(getattr(self, name), std=0.02)
         if use_cls_token:
             nn.init.trunc_normal_(self.cls_token, std=0.02)
         self.apply(self._init_weights)
@@ -223,17 +244,30 @@ class MViTTrunk(nn.Module):
                 f"input of size {size} is smaller than one patch {self.patch_stride}"
             )
 
+    def separate_abs_pos(self, shape: Sequence[int]) -> torch.Tensor:
+        """Space + time absolute positions (``sep_pos_embed``) on the grid ``shape`` (T, H, W):
+        (1, T*H*W, C), the temporal table interpolated linearly and the spatial one bicubically
+        when the grid differs from the one they were built for."""
+        frames_grid, *space_grid = self._pos_grid
+        temporal = interpolate_abs_pos(self.pos_embed_temporal, shape[:1], (frames_grid,))
+        spatial = interpolate_abs_pos(self.pos_embed_spatial, shape[1:], space_grid)
+        return (temporal[:, :, None] + spatial[:, None]).flatten(1, 2)
+
     def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
         self.check_input(x)
         x, shape = self.patch_embed(x)
-        if self.pos_embed is not None:
+        cls_pos = None
+        if self.sep_pos_embed:
+            x = x + self.separate_abs_pos(shape)
+            cls_pos = getattr(self, "pos_embed_class", None)
+        elif self.pos_embed is not None:
             pos = self.pos_embed
             cls_pos = pos[:, :1] if self._pos_has_cls else None
             spatial = pos[:, 1:] if self._pos_has_cls else pos
             x = x + interpolate_abs_pos(spatial, shape, self._pos_grid)
         if self.num_prefix:
             cls = self.cls_token.expand(x.shape[0], -1, -1)
-            if self.pos_embed is not None:
+            if cls_pos is not None:
                 cls = cls + cls_pos
             x = torch.cat([cls, x], dim=1)
         return x, shape

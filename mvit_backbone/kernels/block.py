@@ -75,9 +75,7 @@ def _attention_forward(
     else:
         pooled, shapes = _project_and_pool(attn, x, shape, norm, attn.pool_parts(), recompute)
     q, k, v = pooled
-    out = attn.attention(q, k, v, shapes[0], shapes[-1], attend)
-    if attn.cfg.residual_pooling:
-        out = out + q
+    out = attn.residual_pool(attn.attention(q, k, v, shapes[0], shapes[-1], attend), q)
     return linear(out.flatten(2), attn.proj.weight, attn.proj.bias), shapes[0]
 
 

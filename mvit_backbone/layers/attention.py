@@ -80,7 +80,11 @@ class AttentionConfig:
     pool_kernel, stride_q, stride_kv: pooling kernel and strides (per grid axis; the kernel's
         length sets the number of axes, 2 for images, 3 for video).
     pool_mode: "conv" (depthwise conv + norm, MViTv2), "max" or "avg" (MViTv1 options).
+    pool_q_unstrided: pool (and normalise) the query also where its stride is 1 (MViTv2);
+        False: only where it is strided, other blocks have no ``pool_q`` (MViTv1).
     residual_pooling: add the pooled query to the attention output (MViTv2).
+    residual_pooling_cls: residual pooling adds to the class token too (the image models);
+        False: to the grid tokens only (PySlowFast's and torchvision's video models).
     window_size: window on the block's input grid, 0 for global attention. Queries use
         ``window_size // stride_q``, keys ``window_size // stride_kv`` (2-D only).
     shift_windows: Swin-style cyclic shift by half a window, with the cross-border mask.
@@ -98,7 +102,9 @@ class AttentionConfig:
     stride_q: tuple[int, ...] = (1, 1)
     stride_kv: tuple[int, ...] = (1, 1)
     pool_mode: str = "conv"
+    pool_q_unstrided: bool = True
     residual_pooling: bool = True
+    residual_pooling_cls: bool = True
     window_size: int = 0
     shift_windows: bool = False
     window_padding: str = "detectron2"
@@ -170,7 +176,10 @@ def attention_pool(
 
     The class token bypasses the pooling and rejoins before the norm (as in the official code).
     Returns G tensors (B, num_prefix + prod(pooled shape), heads, C) and the pooled grid shape.
+    A ``None`` pool (an unpooled query) returns the tensors as they are.
     """
+    if pools[0] is None:
+        return list(x.unbind(2)), tuple(shape)
     b = x.shape[0]
     groups, heads, c = x.shape[2:]
     # split, not slices: a slice's backward fills a zero gradient of the whole tensor
@@ -224,7 +233,9 @@ class MultiScaleAttention(nn.Module):
         self.proj = nn.Linear(dim_out, dim_out)
         # The official layout: pool_q/norm_q, pool_k/norm_k, pool_v/norm_v directly on the module.
         pool = (head_dim, cfg.pool_kernel)
-        self.pool_q, self.norm_q = make_pool(*pool, cfg.stride_q, cfg.pool_mode, norm_layer)
+        self.pool_q, self.norm_q = None, None
+        if cfg.pool_q_unstrided or any(s > 1 for s in cfg.stride_q):
+            self.pool_q, self.norm_q = make_pool(*pool, cfg.stride_q, cfg.pool_mode, norm_layer)
         self.pool_k, self.norm_k = make_pool(*pool, cfg.stride_kv, cfg.pool_mode, norm_layer)
         self.pool_v, self.norm_v = make_pool(*pool, cfg.stride_kv, cfg.pool_mode, norm_layer)
 
@@ -266,9 +277,10 @@ class MultiScaleAttention(nn.Module):
         self, separate_q: bool = False
     ) -> list[tuple[slice, tuple[nn.Module, ...], tuple[nn.Module | None, ...]]]:
         """The parts of Q, K, V pooled together: (rows of the qkv output, pools, norms). K and V
-        always share a stride; Q joins them when its stride is the same, unless ``separate_q``."""
+        always share a stride; Q joins them when its stride is the same and it is pooled, unless
+        ``separate_q``. An unpooled Q is a part with pool ``None``."""
         d = self.qkv.out_features // 3
-        if self.cfg.stride_q == self.cfg.stride_kv and not separate_q:
+        if self.cfg.stride_q == self.cfg.stride_kv and self.pool_q is not None and not separate_q:
             return [(slice(0, 3 * d), (self.pool_q, self.pool_k, self.pool_v),
                      (self.norm_q, self.norm_k, self.norm_v))]
         # Q and K/V apart: each conv then reads a dense tensor, not a strided slice
@@ -306,11 +318,20 @@ class MultiScaleAttention(nn.Module):
             pooled += out
             shapes += [out_shape] * len(pools)
         q, k, v = pooled
-        out = self.attention(q, k, v, shapes[0], shapes[-1], attend)
-        if self.cfg.residual_pooling:
-            # the class token takes part too, as in the official image models (and timm)
-            out = out + q
+        out = self.residual_pool(self.attention(q, k, v, shapes[0], shapes[-1], attend), q)
         return self.proj(out.flatten(2)), shapes[0]
+
+    def residual_pool(self, out: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """MViTv2's residual pooling: the attention output (B, p + Lq, heads, C) plus the
+        pooled query q (same shape), where ``residual_pooling``; the class tokens take part
+        unless ``residual_pooling_cls`` is False."""
+        if not self.cfg.residual_pooling:
+            return out
+        p = self.num_prefix
+        if p and not self.cfg.residual_pooling_cls:
+            prefix, grid = out.split([p, out.shape[1] - p], dim=1)
+            return torch.cat([prefix, grid + q[:, p:]], dim=1)
+        return out + q
 
     def _windowed(
         self,
