@@ -42,13 +42,14 @@ from torchvision.datasets import ImageFolder
 from ..data.image_folder import write_synthetic_image_folder
 from ..engine.loop import TrainLoop
 from ..engine.memory import PeakMemoryMeter
-from ..engine.optim import param_groups
+from ..engine.optim import make_optimizer
 from ..engine.progress import Progress
 from ..engine.runs import (CheckpointError, DistInfo, accuracy_counts, all_reduce_sum,
-                           init_distributed, load_model_state, load_training_checkpoint,
-                           save_checkpoint, setup_run_logging)
+                           config_from_dict, init_distributed, load_model_state,
+                           load_training_checkpoint, load_yaml_config, save_checkpoint,
+                           setup_run_logging)
 from ..engine.runs import plot_history as plot_runs_history
-from ..engine.schedule import WarmupCosine
+from ..engine.schedule import WarmupCosine, recipe_lr_multiplier
 from .models import create_model
 
 logger = logging.getLogger("mvit_backbone.classification.train")
@@ -124,13 +125,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
         """Build from a dict, rejecting unknown keys; lists become tuples where fields are tuples."""
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise ValueError(f"unknown config keys {unknown}; known: {sorted(known)}")
-        fixed = {k: tuple(v) if isinstance(v, list) and known[k].type == "tuple" else v
-                 for k, v in values.items()}
-        return cls(**fixed)
+        return config_from_dict(cls, values)
 
     def peak_lr(self, world_size: int) -> float:
         """The linearly scaled learning rate for the total batch ``batch_size * world_size``."""
@@ -139,34 +134,24 @@ class TrainConfig:
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Read a YAML config (``None``: the dataclass defaults) and apply ``overrides``."""
-    import yaml
-
-    values: dict[str, Any] = {}
-    if path is not None:
-        values = yaml.safe_load(Path(path).read_text()) or {}
-    values.update(overrides or {})
-    return TrainConfig.from_dict(values)
+    return load_yaml_config(TrainConfig, path, overrides)
 
 
 # --------------------------------------------------------------------------- optimisation
 
 
 def lr_multiplier(cfg: TrainConfig, peak_lr: float) -> WarmupCosine:
-    """The learning rate over training as a multiple of ``peak_lr`` (a function of the fraction
-    of training done): linear warm-up from ``warmup_start_lr`` to ``peak_lr`` over
-    ``warmup_epochs``, then half-period cosine down to ``end_lr`` at ``epochs`` (with
-    ``scale_start_end_lr`` both scaled by ``peak_lr / base_lr``, as the official code)."""
-    scale = peak_lr / cfg.base_lr if cfg.scale_start_end_lr else 1.0
-    return WarmupCosine(peak=1.0, warmup=cfg.warmup_epochs / cfg.epochs,
-                        start=cfg.warmup_start_lr * scale / peak_lr, end=cfg.end_lr * scale / peak_lr)
+    """The learning rate over training as a multiple of ``peak_lr``
+    (:func:`~mvit_backbone.engine.schedule.recipe_lr_multiplier` of the config's fields)."""
+    return recipe_lr_multiplier(cfg.epochs, cfg.warmup_epochs, peak_lr, cfg.base_lr,
+                                cfg.warmup_start_lr, cfg.end_lr, cfg.scale_start_end_lr)
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, peak_lr: float) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups` at ``peak_lr``; the training loop scales it every step
+    """AdamW over the recipe's weight-decay groups at ``peak_lr``; the loop scales it every step
     by :func:`lr_multiplier`."""
-    groups = [{k: v for k, v in g.items() if k != "names"}
-              for g in param_groups(model, cfg.weight_decay, cfg.zero_decay_pos_cls)]
-    return torch.optim.AdamW(groups, lr=peak_lr, betas=tuple(cfg.betas))
+    return make_optimizer(model, "adamw", peak_lr, cfg.weight_decay, cfg.zero_decay_pos_cls,
+                          tuple(cfg.betas))
 
 
 # --------------------------------------------------------------------------- data

@@ -2,12 +2,13 @@
 the process group, run logging, training checkpoints, accuracy counts and the PNG curve."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -19,8 +20,51 @@ from ..checkpoint import CheckpointReadError, read_checkpoint
 TRAINING_CHECKPOINT_KEYS = ("model", "epoch", "optimizer", "classes", "history")
 
 
+Config = TypeVar("Config")
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable, or does not fit the model; the message says which."""
+
+
+# --------------------------------------------------------------------------- configs
+
+
+def config_from_dict(cls: type[Config], values: Mapping[str, Any]) -> Config:
+    """The dataclass ``cls`` from a dict, rejecting unknown keys; lists become tuples where
+    fields are tuples (YAML has no tuples)."""
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"unknown config keys {unknown}; known: {sorted(known)}")
+    fixed = {k: tuple(v) if isinstance(v, list) and known[k].type == "tuple" else v
+             for k, v in values.items()}
+    return cls(**fixed)
+
+
+def load_yaml_config(cls: type[Config], path: str | Path | None,
+                     overrides: Mapping[str, Any] | None = None) -> Config:
+    """Read a YAML config (``None``: the dataclass defaults) and apply ``overrides``."""
+    import yaml
+
+    values: dict[str, Any] = {}
+    if path is not None:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+    values.update(overrides or {})
+    return config_from_dict(cls, values)
+
+
+def parse_set_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` arguments as a dict; each VALUE is parsed as YAML."""
+    import yaml
+
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
 
 
 # --------------------------------------------------------------------------- distributed
