@@ -44,11 +44,11 @@ CLASSES: tuple[str, ...] = (
 
 _MARKER = "synthetic_videos.json"
 # fractions of the frame size per frame
-_MEDIUM_SPEED = (0.016, 0.024)
-_SLOW_SPEED = (0.005, 0.01)
-_FAST_SPEED = (0.031, 0.041)
+_MEDIUM_SPEED = (0.03, 0.04)
+_SLOW_SPEED = (0.01, 0.015)
+_FAST_SPEED = (0.045, 0.05)
 # degrees per frame of the clock hand
-_TURN_SPEED = (7.0, 12.0)
+_TURN_SPEED = (10.0, 15.0)
 
 Painter = Callable[[ImageDraw.ImageDraw, int], None]
 
@@ -82,7 +82,7 @@ def _moving_shape(rng: random.Random, size: int, frames: int, angle_deg: float,
     """A shape translating along ``angle_deg`` (0 = right, 90 = up) at ``speed_range`` frame
     sizes per frame for the whole video, placed so that it stays inside the frame."""
     kind = rng.choice(("circle", "square", "triangle"))
-    colour, r = _bright_colour(rng), rng.uniform(0.07, 0.1) * size
+    colour, r = _bright_colour(rng), rng.uniform(0.1, 0.14) * size
     speed = rng.uniform(*speed_range) * size
     a = math.radians(angle_deg)
     vx, vy = speed * math.cos(a), -speed * math.sin(a)  # image y grows downwards
@@ -100,8 +100,8 @@ def _moving_shape(rng: random.Random, size: int, frames: int, angle_deg: float,
 def _clock_hand(rng: random.Random, size: int, clockwise: bool) -> Painter:
     """A bar turning about one end (its pivot marked by a dot), at a random start angle."""
     colour = _bright_colour(rng)
-    length = rng.uniform(0.2, 0.3) * size
-    width = max(2, int(round(0.06 * size)))
+    length = rng.uniform(0.25, 0.35) * size
+    width = max(2, int(round(0.08 * size)))
     cx, cy = (rng.uniform(length + 2, size - length - 2) for _ in range(2))
     start = rng.uniform(0, 360)
     step = rng.uniform(*_TURN_SPEED) * (-1 if clockwise else 1)  # counter-clockwise on screen: +
@@ -119,7 +119,7 @@ def _appearing(rng: random.Random, size: int, frames: int, appear: bool) -> Pain
     """A static shape present only after (``appear``) or only before a moment in the middle
     third of the video."""
     kind = rng.choice(("circle", "square", "triangle"))
-    colour, r = _bright_colour(rng), rng.uniform(0.08, 0.12) * size
+    colour, r = _bright_colour(rng), rng.uniform(0.1, 0.14) * size
     cx, cy = (rng.uniform(r + 1, size - r - 1) for _ in range(2))
     moment = rng.randint(int(frames * 0.4), int(math.ceil(frames * 0.6)))
 

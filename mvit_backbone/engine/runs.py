@@ -32,13 +32,19 @@ class CheckpointError(RuntimeError):
 
 def config_from_dict(cls: type[Config], values: Mapping[str, Any]) -> Config:
     """The dataclass ``cls`` from a dict, rejecting unknown keys; lists become tuples where
-    fields are tuples (YAML has no tuples)."""
+    fields are tuples (YAML has no tuples), strings become floats where fields are floats."""
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise ValueError(f"unknown config keys {unknown}; known: {sorted(known)}")
-    fixed = {k: tuple(v) if isinstance(v, list) and known[k].type == "tuple" else v
-             for k, v in values.items()}
+    fixed = {}
+    for k, v in values.items():
+        kind = known[k].type
+        if isinstance(v, list) and kind == "tuple":
+            v = tuple(v)
+        elif isinstance(v, str) and kind in ("float", "float | None"):
+            v = float(v)  # YAML 1.1 reads 1e-3 (no dot) as a string
+        fixed[k] = v
     return cls(**fixed)
 
 
