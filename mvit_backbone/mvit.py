@@ -87,6 +87,8 @@ class MViTTrunk(nn.Module):
             strided, at stage transitions (MViTv1).
         residual_pooling_cls: residual pooling adds to the class token too (image models);
             False: to the grid tokens only (the video models of PySlowFast and torchvision).
+        pool_norm_layer: the norm of the pooled Q/K/V, None (default): ``norm_layer``
+            (pytorchvideo's MViT uses ``nn.LayerNorm`` with its default eps there).
         use_cls_token: prepend a class token (MViTv1 and classification checkpoints).
         sep_pos_embed: with ``use_abs_pos`` on video, separate space and time absolute
             positions, ``pos_embed_spatial`` (1, H*W, C) + ``pos_embed_temporal`` (1, T, C),
@@ -125,6 +127,7 @@ class MViTTrunk(nn.Module):
         drop_path_rate: float = 0.0,
         norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
         act_layer: Callable[[], nn.Module] = nn.GELU,
+        pool_norm_layer: Callable[[int], nn.Module] | None = None,
         use_abs_pos: bool = False,
         use_rel_pos: bool = True,
         rel_pos_zero_init: bool = True,
@@ -192,7 +195,7 @@ class MViTTrunk(nn.Module):
             window_mode=window_mode, adaptive_window_size=adaptive_window_size,
             adaptive_kv_stride=adaptive_kv_stride, drop_path_rate=drop_path_rate,
             expand_in_attention=expand_in_attention, mlp_ratio=mlp_ratio,
-            norm_layer=norm_layer, act_layer=act_layer,
+            norm_layer=norm_layer, act_layer=act_layer, pool_norm_layer=pool_norm_layer,
             attention=dict(
                 qkv_bias=qkv_bias, pool_kernel=tuple(qkv_pool_kernel), pool_mode=pool_mode,
                 pool_q_unstrided=pool_q_unstrided, residual_pooling=residual_pooling,
@@ -307,6 +310,7 @@ def block_configs(
     norm_layer: Callable[[int], nn.Module],
     act_layer: Callable[[], nn.Module],
     attention: dict,
+    pool_norm_layer: Callable[[int], nn.Module] | None = None,
 ) -> list[BlockConfig]:
     """Per-block options of an MViT: stages end at ``last_block_indexes``; the next block pools
     the query by 2 in space, doubles the channels (in its attention, or in v1 the MLP of the
@@ -343,6 +347,7 @@ def block_configs(
             expand_in_attention=expand_in_attention,
             norm_layer=norm_layer,
             act_layer=act_layer,
+            pool_norm_layer=pool_norm_layer,
             attention=AttentionConfig(
                 num_heads=heads,
                 stride_q=time_axes + ((2, 2) if pooled else (1, 1)),

@@ -10,7 +10,7 @@ from torch.autograd import gradcheck
 
 import mvit_backbone
 from mvit_backbone import MViT
-from mvit_backbone.detection.config import add_mvitv2_config, mvit_arguments
+from mvit_backbone.detection.config import _NOT_KEYS, add_mvitv2_config, mvit_arguments
 from mvit_backbone.kernels import (
     EXPLICIT_MAX_ELEMENTS,
     KERNEL_POLICIES,
@@ -292,7 +292,7 @@ def test_yacs_keys_are_the_constructor_arguments():
 
     cfg = add_mvitv2_config(get_cfg())
     keys = {k.lower() for k in cfg.MODEL.MVITV2} - {"variant", "norm_eps"}
-    args = set(mvit_arguments()) - {"norm_layer", "act_layer", "in_chans"}
+    args = set(mvit_arguments()) - set(_NOT_KEYS)
     assert keys == args
     assert "kernels" in keys and "window_padding" in keys and "num_frames" in keys
     assert set(inspect.signature(MViTTrunk.__init__).parameters) - {"self"} <= set(mvit_arguments())

@@ -2,9 +2,10 @@
 
 ``backbone``: ``mvit_backbone.MViT`` against ``detectron2.modeling.MViT`` (time, peak memory,
 saved activations, page faults, kernel floor, attention and Linear kernels, compile);
-``classifier``: our MViTv2 classifiers against timm's. ``tools/benchmark_backbone.py`` is the
-command line; ``python -m mvit_backbone.benchmark SPEC`` is the fresh process of one peak-memory
-measurement.
+``classifier``: our MViTv2 classifiers against timm's; ``video``: our MViTv2-S video model
+against torchvision's ``mvit_v2_s``. ``tools/benchmark_backbone.py`` and
+``tools/benchmark_video.py`` are the command lines; ``python -m mvit_backbone.benchmark SPEC`` is
+the fresh process of one peak-memory measurement.
 """
 from .backbone import (
     FLOOR_KERNELS,
@@ -21,7 +22,9 @@ from .backbone import (
     kernel_floor,
     linear_kernels,
     measure_peak_memory,
+    memory_subprocess,
     page_faults,
+    peak_memory_of_step,
     peak_memory_subprocess,
     plot,
     reference_kwargs,
@@ -39,6 +42,16 @@ from .classifier import (
     run_timm_benchmark,
     timm_markdown,
 )
+from .video import (
+    TORCHVISION_NAMES,
+    VideoBenchResult,
+    build_video_model,
+    build_video_pair,
+    measure_video_peak_memory,
+    run_video_benchmark,
+    video_markdown,
+    write_video_results,
+)
 
 __all__ = [
     "CLASSIFIER_BATCHES",
@@ -46,28 +59,38 @@ __all__ = [
     "LINEAR_SHAPES",
     "MODES",
     "TIMM_NAMES",
+    "TORCHVISION_NAMES",
     "WINDOW_BATCHES",
     "BenchResult",
     "ClassifierBenchResult",
+    "VideoBenchResult",
     "attention_kernels",
     "build_model",
     "build_pair",
     "build_timm_pair",
+    "build_video_model",
+    "build_video_pair",
     "compile_speedup",
     "interleaved",
     "keep_freed_memory",
     "kernel_floor",
     "linear_kernels",
     "measure_peak_memory",
+    "measure_video_peak_memory",
+    "memory_subprocess",
     "page_faults",
+    "peak_memory_of_step",
     "peak_memory_subprocess",
     "plot",
     "reference_kwargs",
     "run_benchmark",
     "run_step",
     "run_timm_benchmark",
+    "run_video_benchmark",
     "saved_activation_mib",
     "time_pair",
     "timm_markdown",
     "to_markdown",
+    "video_markdown",
+    "write_video_results",
 ]

@@ -1,8 +1,12 @@
-"""The subprocess entry of :func:`~mvit_backbone.benchmark.peak_memory_subprocess`: one JSON spec
-of :func:`~mvit_backbone.benchmark.measure_peak_memory` in, peak MiB out."""
+"""The subprocess entry of :func:`~mvit_backbone.benchmark.memory_subprocess`: one JSON spec in,
+peak MiB out. ``kind`` "backbone" (default): :func:`~mvit_backbone.benchmark.measure_peak_memory`;
+"video": :func:`~mvit_backbone.benchmark.measure_video_peak_memory`."""
 import json
 import sys
 
 from .backbone import measure_peak_memory
+from .video import measure_video_peak_memory
 
-print(measure_peak_memory(**json.loads(sys.argv[1])))
+spec = json.loads(sys.argv[1])
+measure = {"backbone": measure_peak_memory, "video": measure_video_peak_memory}[spec.pop("kind", "backbone")]
+print(measure(**spec))

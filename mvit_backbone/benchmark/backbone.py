@@ -176,6 +176,12 @@ def measure_peak_memory(
     torch.manual_seed(0)
     model = build_model(impl, variant).to(device)
     x = torch.randn(batch, 3, height, width, device=device)
+    return peak_memory_of_step(model, x, mode, device)
+
+
+def peak_memory_of_step(model: nn.Module, x: torch.Tensor, mode: str, device: str = "cpu") -> float:
+    """Peak memory (MiB) of one :func:`run_step` of ``model`` on ``x``, measured as
+    :func:`measure_peak_memory` describes (call it in a fresh process)."""
     if device.startswith("cuda"):
         run_step(model, x, mode)
         model.zero_grad(set_to_none=True)
@@ -193,6 +199,12 @@ def peak_memory_subprocess(
     """:func:`measure_peak_memory` in a fresh Python process; returns MiB."""
     spec = dict(impl=impl, variant=variant, height=height, width=width, batch=batch, mode=mode,
                 device=device)
+    return memory_subprocess(spec, threads)
+
+
+def memory_subprocess(spec: dict, threads: int | None = None) -> float:
+    """Run ``python -m mvit_backbone.benchmark SPEC`` (a fresh process) and return the MiB it
+    prints; ``spec["kind"]`` picks the measurement ("backbone", the default, or "video")."""
     env = dict(os.environ)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
@@ -420,14 +432,17 @@ def to_markdown(results: Iterable[BenchResult], device: str = "cpu") -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(results: Sequence[BenchResult], path: str) -> None:
-    """Bar chart of the time and memory ratios per configuration, written to ``path`` (PNG)."""
+def plot(results: Sequence, path: str, labels: Sequence[str] | None = None,
+         reference: str = "detectron2") -> None:
+    """Bar chart of the time and memory ratios (``time_ratio``, ``mem_ratio``) per
+    configuration, written to ``path`` (PNG); ``labels`` default to :class:`BenchResult`'s."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r.variant} {r.height}×{r.width} b{r.batch}\n{r.mode}" for r in results]
+    if labels is None:
+        labels = [f"{r.variant} {r.height}×{r.width} b{r.batch}\n{r.mode}" for r in results]
     xs = range(len(results))
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(results)), 4))
     width = 0.4
@@ -437,7 +452,7 @@ def plot(results: Sequence[BenchResult], path: str) -> None:
     ax.axhline(1.0, color="k", lw=0.8)
     ax.set_xticks(list(xs))
     ax.set_xticklabels(labels, fontsize=7)
-    ax.set_ylabel("ours / detectron2")
+    ax.set_ylabel(f"ours / {reference}")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from .loader import (
     DETECTRON2_PREFIX,
     detect_format,
-    timm_to_official,
+    to_official_names,
     trunk_prefix,
     unwrap_state_dict,
 )
@@ -39,10 +39,10 @@ _OUTPUT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".pkl")
 
 
 def to_ours(state: Mapping[str, torch.Tensor], source: str = "<state_dict>") -> dict[str, torch.Tensor]:
-    """Any supported layout -> ours: timm names renamed, a ``module.`` (or other) prefix in front
-    of the trunk removed; a detector's state dict (``backbone.bottom_up.``) is kept whole."""
-    if detect_format(state) == "timm":
-        state, _ = timm_to_official(state)
+    """Any supported layout -> ours: timm's, torchvision's and pytorchvideo's names renamed, a
+    ``module.`` (or other) prefix in front of the trunk removed; a detector's state dict
+    (``backbone.bottom_up.``) is kept whole."""
+    state, _ = to_official_names(state, detect_format(state))
     prefix = trunk_prefix(state, source)
     if prefix.endswith(DETECTRON2_PREFIX):
         prefix = prefix[: -len(DETECTRON2_PREFIX)]

@@ -10,11 +10,15 @@ legacy, pickles of numpy arrays, safetensors; nothing in a file runs). Supported
 - ``detectron2``: the same names under ``backbone.bottom_up.`` (whole detection models, ``.pkl``
   of numpy arrays from detectron2's model zoo or ``.pth``).
 - ``timm``: ``stages.{s}.blocks.{j}``, ``shortcut_proj_attn|mlp``, ``head.fc``.
+- ``torchvision`` (``mvit_v2_s``, ``mvit_v1_b``) and ``pytorchvideo`` (MViT) video models,
+  renamed by :mod:`.video`. PySlowFast's video ``.pyth`` files are ``official``.
 
 Relative position tables are linearly interpolated and absolute position embeddings bicubically
-resized (class token kept apart) when the checkpoint was trained at another resolution. A
-classification head of another class count is not loaded (the model keeps its initialised head)
-and the report lists it under ``dropped``.
+resized (class token kept apart; separate temporal positions linearly) when the checkpoint was
+trained at another resolution or clip length. A 2-D checkpoint in a 3-D (video) model is
+inflated (:mod:`.video`; the report lists what under ``inflated``). A classification head of
+another class count is not loaded (the model keeps its initialised head) and the report lists
+it under ``dropped``.
 """
 from __future__ import annotations
 
@@ -31,6 +35,13 @@ import torch.nn as nn
 from ..layers.rel_pos import resize_rel_pos
 from ..mvit import interpolate_abs_pos
 from .reader import read_checkpoint
+from .video import (
+    inflate_filter,
+    inflate_positions,
+    merge_separate_qkv,
+    video_format,
+    video_to_official,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +63,7 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     dropped: dict[str, str] = field(default_factory=dict)  # model name -> why it was not loaded
+    inflated: dict[str, str] = field(default_factory=dict)  # model name -> how 2-D became 3-D
 
     def __str__(self) -> str:
         lines = [
@@ -60,6 +72,8 @@ class LoadReport:
         ]
         for key, (old, new) in self.interpolated.items():
             lines.append(f"  interpolated {key}: {list(old)} -> {list(new)}")
+        for key, how in self.inflated.items():
+            lines.append(f"  inflated 2-D -> 3-D {key}: {how}")
         for key, why in self.dropped.items():
             lines.append(f"  not loaded {key}: {why}")
         if self.missing:
@@ -97,10 +111,13 @@ def unwrap_state_dict(obj: Any, source: str) -> dict[str, torch.Tensor]:
 
 
 def detect_format(state: Mapping[str, Any]) -> str:
-    """'timm', 'detectron2' (a detector: ``backbone.bottom_up.`` prefix) or 'official'
-    (facebookresearch/mvit, PySlowFast, ours)."""
+    """'timm', 'torchvision', 'pytorchvideo', 'detectron2' (a detector:
+    ``backbone.bottom_up.`` prefix) or 'official' (facebookresearch/mvit, PySlowFast, ours)."""
     if any(re.search(r"(^|\.)stages\.\d+\.blocks\.\d+\.", k) for k in state):
         return "timm"
+    video = video_format(state)
+    if video is not None:
+        return video
     if any(k.startswith(DETECTRON2_PREFIX) for k in state):
         return "detectron2"
     return "official"
@@ -134,6 +151,19 @@ def timm_to_official(state: Mapping[str, torch.Tensor]) -> tuple[dict, dict]:
     return out, renamed
 
 
+def to_official_names(state: Mapping[str, torch.Tensor], fmt: str) -> tuple[dict, dict]:
+    """A state dict of layout ``fmt`` (:func:`detect_format`) renamed to the official names.
+
+    Returns:
+        (renamed state dict, {checkpoint name: official name} for every renamed key).
+    """
+    if fmt == "timm":
+        return timm_to_official(state)
+    if fmt in ("torchvision", "pytorchvideo"):
+        return video_to_official(state, fmt)
+    return merge_separate_qkv(state)
+
+
 def trunk_prefix(keys: Iterable[str], source: str) -> str:
     """What precedes the MViT trunk's names (``""``, ``"module."``, ``"backbone.bottom_up."``);
     ValueError naming ``source`` when no key ends in ``patch_embed.proj.weight``."""
@@ -163,6 +193,11 @@ def _fit_shape(key: str, value: torch.Tensor, target: torch.Tensor) -> torch.Ten
     """Interpolate position tables to the model's shape; None if the shapes cannot be fit."""
     if re.search(r"rel_pos_[thw]$", key) and value.dim() == 2 and value.shape[1] == target.shape[1]:
         return resize_rel_pos(value.float(), target.shape[0]).to(value.dtype)
+    if key.endswith("pos_embed_temporal") and value.dim() == 3 and value.shape[2] == target.shape[2]:
+        return interpolate_abs_pos(value.float(), (target.shape[1],), (value.shape[1],)).to(value.dtype)
+    if key.endswith("pos_embed_spatial") and value.dim() == 3 and value.shape[2] == target.shape[2]:
+        side = int(round(target.shape[1] ** 0.5))
+        return interpolate_abs_pos(value.float(), (side, side)).to(value.dtype)
     if key.endswith("pos_embed") and value.dim() == 3 and value.shape[2] == target.shape[2]:
         prefix = target.shape[1] - int(round((target.shape[1]) ** 0.5)) ** 2
         src_prefix = value.shape[1] - int(round((value.shape[1]) ** 0.5)) ** 2
@@ -212,14 +247,16 @@ def load_checkpoint(
     state = unwrap_state_dict(raw, source)
     fmt = detect_format(state)
     report = LoadReport(source=source, format=fmt)
-    if fmt == "timm":
-        state, renamed = timm_to_official(state)
-        report.converted.update(renamed)
+    state, renamed = to_official_names(state, fmt)
+    report.converted.update(renamed)
     model_state = model.state_dict()
     state, renamed = _align_prefixes(state, model_state.keys(), source)
     report.converted.update(renamed)
 
     model_trunk = trunk_prefix(model_state.keys(), "model")
+    stem = model_trunk + ANCHOR_KEY
+    if state[stem].dim() == 4 and model_state[stem].dim() == 5:
+        report.inflated.update(inflate_positions(state, model_state, model_trunk))
     to_load = {}
     bad_shapes = []
     for key, value in state.items():
@@ -228,6 +265,11 @@ def load_checkpoint(
             continue
         target = model_state[key]
         if value.shape != target.shape:
+            inflated = inflate_filter(key, value, target)
+            if inflated is not None:
+                report.inflated[key] = f"2-D filter {list(value.shape)} in the centre frame, zeros elsewhere"
+                to_load[key] = inflated
+                continue
             fitted = _fit_shape(key, value, target)
             if fitted is not None and fitted.shape == target.shape:
                 report.interpolated[key] = (tuple(value.shape), tuple(target.shape))

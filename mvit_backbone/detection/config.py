@@ -17,7 +17,8 @@ from .backbone import MViT
 # Constructor arguments without a yacs key: built from other keys (NORM_EPS, the input shape),
 # or options of the video models only (a detection backbone has no class token to add to and no
 # time axis)
-_NOT_KEYS = ("norm_layer", "act_layer", "in_chans", "residual_pooling_cls", "sep_pos_embed")
+_NOT_KEYS = ("norm_layer", "act_layer", "pool_norm_layer", "in_chans", "residual_pooling_cls",
+             "sep_pos_embed")
 # Architecture keys left at None take the variant's value
 _VARIANT_KEYS = ("embed_dim", "depth", "num_heads", "last_block_indexes")
 # yacs defaults that differ from the constructor's (detectron2's MViTv2 configs)

@@ -19,6 +19,7 @@ class BlockConfig:
     ``dim -> dim_out`` happens in the attention (MViTv2; the skip is ``proj(norm1(x))``) or at
     the end of the MLP (MViTv1; the MLP's skip is ``proj(norm2(x))``).
     attention: the attention's options (its ``stride_q`` also pools the skip).
+    pool_norm_layer: the norm of the pooled Q/K/V; None: ``norm_layer``.
     """
 
     dim: int
@@ -29,6 +30,7 @@ class BlockConfig:
     expand_in_attention: bool = True
     norm_layer: Callable[[int], nn.Module] = nn.LayerNorm
     act_layer: Callable[[], nn.Module] = nn.GELU
+    pool_norm_layer: Callable[[int], nn.Module] | None = None
 
 
 class Mlp(nn.Module):
@@ -69,7 +71,8 @@ class MultiScaleBlock(nn.Module):
         self.num_prefix = cfg.attention.num_prefix
         attn_dim = cfg.dim_out if cfg.expand_in_attention else cfg.dim
         self.norm1 = cfg.norm_layer(cfg.dim)
-        self.attn = MultiScaleAttention(cfg.dim, attn_dim, cfg.attention, cfg.norm_layer)
+        self.attn = MultiScaleAttention(cfg.dim, attn_dim, cfg.attention,
+                                        cfg.pool_norm_layer or cfg.norm_layer)
         self.drop_path = DropPath(cfg.drop_path) if cfg.drop_path > 0.0 else nn.Identity()
         self.norm2 = cfg.norm_layer(attn_dim)
         self.mlp = Mlp(attn_dim, int(attn_dim * cfg.mlp_ratio), cfg.dim_out, cfg.act_layer)

@@ -32,6 +32,7 @@ _VIDEO = dict(
     use_cls_token=True,
     norm_layer=partial(nn.LayerNorm, eps=1e-6),
     head_dropout=0.5,
+    img_size=224,
 )
 # MViTv2: decomposed rel-pos over t, h, w, residual pooling of the grid tokens, no absolute
 # position, channel expansion in the attention, Q pooled (stride 1) in every block.
@@ -58,38 +59,39 @@ _MVITV1_VIDEO = dict(
 )
 
 
-def _video_model(defaults: dict, num_classes: int, num_frames: int, img_size: int,
-                 **overrides) -> MViTClassifier:
-    kwargs = dict(defaults, num_frames=num_frames, img_size=img_size, pretrain_img_size=img_size)
-    kwargs.update(overrides)
+def _video_model(defaults: dict, num_classes: int, **overrides) -> MViTClassifier:
+    kwargs = dict(defaults, **overrides)
+    # absolute positions (MViTv1) are built for the clip size the model is built for
+    kwargs.setdefault("pretrain_img_size", kwargs["img_size"])
     return MViTClassifier(num_classes=num_classes, **kwargs)
 
 
-def _mvitv2_video(variant: str, num_classes: int, num_frames: int, img_size: int = 224,
-                  drop_path_rate: float = 0.2, **overrides) -> MViTClassifier:
+def _mvitv2_video(variant: str, num_classes: int, **overrides) -> MViTClassifier:
     """MViTv2 video model (MViTv2 §4.3, App. B.4; PySlowFast MVITv2 configs): the image
     variant's width, depth, heads and stages on the 3-D trunk."""
-    arch = dict(mvitv2_variant(variant), drop_path_rate=drop_path_rate)
-    return _video_model(dict(_MVITV2_VIDEO, **arch), num_classes, num_frames, img_size,
-                        **overrides)
+    return _video_model(dict(_MVITV2_VIDEO, **mvitv2_variant(variant)), num_classes, **overrides)
 
 
-def _mvitv1_video(num_classes: int, num_frames: int, **kwargs) -> MViTClassifier:
-    """MViTv1 video model (MViTv1 §3, Table 3 and App. D; PySlowFast MVIT_B configs);
-    ``kwargs`` (depth, stage ends, ...) replace the defaults."""
-    return _video_model(_MVITV1_VIDEO, num_classes, num_frames, 224, **kwargs)
+def _mvitv1_video(num_classes: int, **overrides) -> MViTClassifier:
+    """MViTv1 video model (MViTv1 §3, Table 3 and App. D; PySlowFast MVIT_B configs)."""
+    return _video_model(_MVITV1_VIDEO, num_classes, **overrides)
+
+
+# keyword arguments win over a builder's defaults
+def _with(defaults: dict, overrides: dict) -> dict:
+    return dict(defaults, **overrides)
 
 
 @register_model
 def mvitv2_s_16x4(num_classes: int = 400, **kw) -> MViTClassifier:
     """MViTv2-S, 16 frames (sampling rate 4), 224²."""
-    return _mvitv2_video("S", num_classes, 16, **kw)
+    return _mvitv2_video("S", num_classes, **_with(dict(num_frames=16, drop_path_rate=0.2), kw))
 
 
 @register_model
 def mvitv2_b_32x3(num_classes: int = 400, **kw) -> MViTClassifier:
     """MViTv2-B, 32 frames (sampling rate 3), 224²."""
-    return _mvitv2_video("B", num_classes, 32, **dict(dict(drop_path_rate=0.3), **kw))
+    return _mvitv2_video("B", num_classes, **_with(dict(num_frames=32, drop_path_rate=0.3), kw))
 
 
 @register_model
@@ -97,29 +99,30 @@ def mvitv2_l_40x3(num_classes: int = 400, **kw) -> MViTClassifier:
     """MViTv2-L, 40 frames (sampling rate 3), 312²."""
     # as the image MViTv2-L, channels expand in the MLP of a stage's last block (217.6 M
     # parameters, MViTv2 Table 7)
-    defaults = dict(img_size=312, drop_path_rate=0.75, expand_in_attention=False)
-    return _mvitv2_video("L", num_classes, 40, **dict(defaults, **kw))
+    defaults = dict(num_frames=40, img_size=312, drop_path_rate=0.75, expand_in_attention=False)
+    return _mvitv2_video("L", num_classes, **_with(defaults, kw))
+
+
+_MVITV1_B = dict(depth=16, last_block_indexes=(0, 2, 13, 15))
 
 
 @register_model
 def mvitv1_b_16x4(num_classes: int = 400, **kw) -> MViTClassifier:
     """MViTv1-B, 16 blocks, 16 frames (sampling rate 4), 224²."""
-    arch = dict(depth=16, last_block_indexes=(0, 2, 13, 15), drop_path_rate=0.2)
-    return _mvitv1_video(num_classes, 16, **dict(arch, **kw))
+    return _mvitv1_video(num_classes, **_with(dict(_MVITV1_B, num_frames=16, drop_path_rate=0.2), kw))
 
 
 @register_model
 def mvitv1_b_32x3(num_classes: int = 400, **kw) -> MViTClassifier:
     """MViTv1-B, 16 blocks, 32 frames (sampling rate 3), 224²."""
-    arch = dict(depth=16, last_block_indexes=(0, 2, 13, 15), drop_path_rate=0.3)
-    return _mvitv1_video(num_classes, 32, **dict(arch, **kw))
+    return _mvitv1_video(num_classes, **_with(dict(_MVITV1_B, num_frames=32, drop_path_rate=0.3), kw))
 
 
 @register_model
 def mvitv1_b24_32x3(num_classes: int = 400, **kw) -> MViTClassifier:
     """MViTv1-B-24, 24 blocks, 32 frames (sampling rate 3), 224²."""
-    arch = dict(depth=24, last_block_indexes=(1, 4, 20, 23), drop_path_rate=0.3)
-    return _mvitv1_video(num_classes, 32, **dict(arch, **kw))
+    defaults = dict(depth=24, last_block_indexes=(1, 4, 20, 23), num_frames=32, drop_path_rate=0.3)
+    return _mvitv1_video(num_classes, **_with(defaults, kw))
 
 
 @register_model
@@ -127,6 +130,7 @@ def mvitv2_video_nano(num_classes: int = 400, **kw) -> MViTClassifier:
     """A slim MViTv2 video model (not in the papers) for CPU runs on small clips, e.g. the
     synthetic default of ``projects/MViTv2/train_video.py``: width 32, 4 blocks, one per stage,
     built for 8 frames of 64² (other sizes interpolate); K/V stride 4 in stage 1, no dropout."""
-    arch = dict(embed_dim=32, depth=4, num_heads=1, last_block_indexes=(0, 1, 2, 3),
-                adaptive_kv_stride=4, drop_path_rate=0.0, head_dropout=0.0)
-    return _video_model(dict(_MVITV2_VIDEO, **arch), num_classes, 8, 64, **kw)
+    defaults = dict(embed_dim=32, depth=4, num_heads=1, last_block_indexes=(0, 1, 2, 3),
+                    adaptive_kv_stride=4, drop_path_rate=0.0, head_dropout=0.0, num_frames=8,
+                    img_size=64)
+    return _video_model(_MVITV2_VIDEO, num_classes, **_with(defaults, kw))
