@@ -13,8 +13,9 @@ any single frame of any class is a shape somewhere on a textured background.
 * appearing vs disappearing: a shape that is absent and then *appears*, or is present and then
   *disappears*, at a random moment in the middle of the video.
 
-Every video also has a noisy background of random colour and a static grey distractor; the
-moving shape's kind (circle, square, triangle), colour and size are random. Because the
+Every video also has a noisy background of random dark colour and a static grey distractor;
+the moving shape's kind (circle, square, triangle), colour and size are random, its colour
+always brighter than the background. Because the
 classes include directions and senses of rotation, horizontal flipping changes labels:
 train without flip. Generation is deterministic given ``seed``.
 """
@@ -54,14 +55,16 @@ Painter = Callable[[ImageDraw.ImageDraw, int], None]
 
 
 def _background(rng: random.Random, size: int) -> np.ndarray:
-    """Random dull colour plus uniform noise: (size, size, 3) uint8, the same in every frame."""
-    base = np.array([rng.randint(50, 150) for _ in range(3)], dtype=np.int16)
-    noise = np.random.default_rng(rng.getrandbits(32)).integers(-25, 26, (size, size, 3))
+    """Random dark colour plus uniform noise: (size, size, 3) uint8, the same in every frame."""
+    base = np.array([rng.randint(20, 80) for _ in range(3)], dtype=np.int16)
+    noise = np.random.default_rng(rng.getrandbits(32)).integers(-12, 13, (size, size, 3))
     return np.clip(base + noise, 0, 255).astype(np.uint8)
 
 
 def _bright_colour(rng: random.Random) -> tuple[int, int, int]:
-    channels = [rng.randint(180, 255), rng.randint(0, 90), rng.randint(0, 255)]
+    """A random hue, brighter than any background in every channel: a shape's edges change the
+    pixels the same way (up where it arrives, down where it leaves) whatever its colour."""
+    channels = [rng.randint(230, 255), rng.randint(140, 255), rng.randint(140, 200)]
     rng.shuffle(channels)
     return tuple(channels)
 
@@ -153,7 +156,7 @@ def render_video(class_name: str, size: int, frames: int, rng: random.Random) ->
     paint = _painter(class_name, rng, size, frames)
     background = Image.fromarray(_background(rng, size), "RGB")
     draw_bg = ImageDraw.Draw(background)
-    grey = rng.randint(170, 230)
+    grey = rng.randint(110, 130)
     r = rng.uniform(0.05, 0.08) * size
     gx, gy = rng.uniform(r, size - r), rng.uniform(r, size - r)
     (draw_bg.ellipse if rng.random() < 0.5 else draw_bg.rectangle)(

@@ -179,8 +179,8 @@ def accuracy_counts(logits: torch.Tensor, target: torch.Tensor, ks: Iterable[int
 def plot_history(history: list[dict[str, Any]], path: Path, loss_keys: Mapping[str, str],
                  score_keys: Mapping[str, str], score_label: str = "accuracy (%)") -> None:
     """Loss (left) and validation score (right) per epoch as a PNG. ``loss_keys`` and
-    ``score_keys`` map a curve's legend label to its key in the history records; a curve is
-    drawn when every record has its key."""
+    ``score_keys`` map a curve's legend label to its key in the history records; a curve joins
+    the records that have its key (evaluation may run every few epochs only)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -190,11 +190,13 @@ def plot_history(history: list[dict[str, Any]], path: Path, loss_keys: Mapping[s
     fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(10, 4))
     for ax, keys, ylabel in ((ax_loss, loss_keys, "loss"), (ax_score, score_keys, score_label)):
         for label, key in keys.items():
-            if history and all(key in h for h in history):
-                ax.plot(epochs, [h[key] for h in history], "o-", label=label)
+            points = [(e, h[key]) for e, h in zip(epochs, history) if key in h]
+            if points:
+                ax.plot(*zip(*points), "o-", label=label)
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
-        ax.legend()
+        if ax.lines:
+            ax.legend()
     ax_score.set_ylim(0, 100)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -451,10 +451,8 @@ class _Run:
                 if info.is_main:
                     self._save(epoch, optimizer, history)
             record["elapsed_s"] = time.time() - t_start
-            logger.info("epoch %d/%d done: train loss %.4f, %s, %.1fs", epoch + 1, cfg.epochs,
-                        record["train_loss"], ", ".join(
-                            f"{k} {v:.2f}" for k, v in record.items()
-                            if k.endswith(("top1", "top5", "map"))), record["epoch_time_s"])
+            logger.info("epoch %d/%d done in %.1fs: train loss %.4f", epoch + 1, cfg.epochs,
+                        record["epoch_time_s"], record["train_loss"])
             if record["train_skipped"]:
                 logger.warning("epoch %d: %d unreadable training videos skipped", epoch + 1,
                                record["train_skipped"])
