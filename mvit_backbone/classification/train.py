@@ -26,11 +26,10 @@ import json
 import logging
 import os
 import random
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -40,13 +39,17 @@ from PIL import Image
 from torch.utils.data import DataLoader, Subset
 from torchvision.datasets import ImageFolder
 
-from ..checkpoint import CheckpointReadError, read_checkpoint
 from ..data.image_folder import write_synthetic_image_folder
 from ..engine.loop import TrainLoop
 from ..engine.memory import PeakMemoryMeter
-from ..engine.optim import param_groups
+from ..engine.optim import make_optimizer
 from ..engine.progress import Progress
-from ..engine.schedule import WarmupCosine
+from ..engine.runs import (CheckpointError, DistInfo, accuracy_counts, all_reduce_sum,
+                           config_from_dict, init_distributed, load_model_state,
+                           load_training_checkpoint, load_yaml_config, save_checkpoint,
+                           setup_run_logging)
+from ..engine.runs import plot_history as plot_runs_history
+from ..engine.schedule import WarmupCosine, recipe_lr_multiplier
 from .models import create_model
 
 logger = logging.getLogger("mvit_backbone.classification.train")
@@ -56,10 +59,6 @@ EVAL_PROTOCOLS = ("center", "full")
 
 class CorruptImageError(RuntimeError):
     """An image file of the dataset cannot be decoded; the message names the file."""
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, unreadable, or does not fit the model; the message says which."""
 
 
 @dataclass
@@ -126,13 +125,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
         """Build from a dict, rejecting unknown keys; lists become tuples where fields are tuples."""
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise ValueError(f"unknown config keys {unknown}; known: {sorted(known)}")
-        fixed = {k: tuple(v) if isinstance(v, list) and known[k].type == "tuple" else v
-                 for k, v in values.items()}
-        return cls(**fixed)
+        return config_from_dict(cls, values)
 
     def peak_lr(self, world_size: int) -> float:
         """The linearly scaled learning rate for the total batch ``batch_size * world_size``."""
@@ -141,34 +134,24 @@ class TrainConfig:
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Read a YAML config (``None``: the dataclass defaults) and apply ``overrides``."""
-    import yaml
-
-    values: dict[str, Any] = {}
-    if path is not None:
-        values = yaml.safe_load(Path(path).read_text()) or {}
-    values.update(overrides or {})
-    return TrainConfig.from_dict(values)
+    return load_yaml_config(TrainConfig, path, overrides)
 
 
 # --------------------------------------------------------------------------- optimisation
 
 
 def lr_multiplier(cfg: TrainConfig, peak_lr: float) -> WarmupCosine:
-    """The learning rate over training as a multiple of ``peak_lr`` (a function of the fraction
-    of training done): linear warm-up from ``warmup_start_lr`` to ``peak_lr`` over
-    ``warmup_epochs``, then half-period cosine down to ``end_lr`` at ``epochs`` (with
-    ``scale_start_end_lr`` both scaled by ``peak_lr / base_lr``, as the official code)."""
-    scale = peak_lr / cfg.base_lr if cfg.scale_start_end_lr else 1.0
-    return WarmupCosine(peak=1.0, warmup=cfg.warmup_epochs / cfg.epochs,
-                        start=cfg.warmup_start_lr * scale / peak_lr, end=cfg.end_lr * scale / peak_lr)
+    """The learning rate over training as a multiple of ``peak_lr``
+    (:func:`~mvit_backbone.engine.schedule.recipe_lr_multiplier` of the config's fields)."""
+    return recipe_lr_multiplier(cfg.epochs, cfg.warmup_epochs, peak_lr, cfg.base_lr,
+                                cfg.warmup_start_lr, cfg.end_lr, cfg.scale_start_end_lr)
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, peak_lr: float) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups` at ``peak_lr``; the training loop scales it every step
+    """AdamW over the recipe's weight-decay groups at ``peak_lr``; the loop scales it every step
     by :func:`lr_multiplier`."""
-    groups = [{k: v for k, v in g.items() if k != "names"}
-              for g in param_groups(model, cfg.weight_decay, cfg.zero_decay_pos_cls)]
-    return torch.optim.AdamW(groups, lr=peak_lr, betas=tuple(cfg.betas))
+    return make_optimizer(model, "adamw", peak_lr, cfg.weight_decay, cfg.zero_decay_pos_cls,
+                          tuple(cfg.betas))
 
 
 # --------------------------------------------------------------------------- data
@@ -234,45 +217,6 @@ def build_dataset(root: Path, split_dir: str, transform) -> ImageFolder:
     return ImageFolder(str(root / split_dir), transform=transform, loader=load_rgb)
 
 
-# --------------------------------------------------------------------------- distributed
-
-
-@dataclass
-class DistInfo:
-    """This process's place in the job."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed() -> DistInfo:
-    """Join the process group torchrun describes (``WORLD_SIZE`` > 1), NCCL on CUDA else gloo."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
-    return DistInfo(rank, world, local_rank, device)
-
-
-def all_reduce_sum(values: Sequence[float], info: DistInfo) -> list[float]:
-    """Sum floats over all processes (identity for one process)."""
-    t = torch.tensor(list(values), dtype=torch.float64, device=info.device)
-    if info.world_size > 1:
-        dist.all_reduce(t)
-    return t.tolist()
-
-
 # --------------------------------------------------------------------------- model, checkpoints
 
 
@@ -286,47 +230,7 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     return create_model(cfg.model, num_classes=num_classes, **kwargs)
 
 
-def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint written by this module; :class:`CheckpointError` if it is not one."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = read_checkpoint(path)
-    except CheckpointReadError as e:
-        raise CheckpointError(str(e)) from e
-    required = ("model", "epoch", "optimizer", "classes", "history")
-    if not isinstance(ckpt, dict) or any(k not in ckpt for k in required):
-        have = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise CheckpointError(f"checkpoint {path} is not a training checkpoint: it needs keys "
-                              f"{list(required)}, has {have}. For weights alone use --weights")
-    return ckpt
-
-
-def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Strict load that turns key and shape mismatches into a :class:`CheckpointError`."""
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"checkpoint {source} does not fit model: {e}") from e
-
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write atomically (temporary file, then rename) so an interrupted save leaves the old one."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
 # --------------------------------------------------------------------------- train / evaluate
-
-
-def accuracy_counts(logits: torch.Tensor, target: torch.Tensor, ks: Iterable[int] = (1, 5)) -> list[int]:
-    """Number of samples whose label is among the top-k logits. logits (B, K), target (B,)."""
-    maxk = min(max(ks), logits.shape[1])
-    top = logits.topk(maxk, dim=1).indices  # (B, maxk)
-    hit = top.eq(target[:, None])
-    return [int(hit[:, : min(k, maxk)].any(dim=1).sum()) for k in ks]
 
 
 @torch.no_grad()
@@ -346,47 +250,10 @@ def evaluate(model: nn.Module, loader: DataLoader, info: DistInfo, amp_ctx) -> d
             "loss": loss_sum / max(n, 1), "count": int(n)}
 
 
-def _setup_logging(output_dir: Path, info: DistInfo) -> None:
-    logger.setLevel(logging.INFO if info.is_main else logging.WARNING)
-    logger.propagate = False
-    for h in list(logger.handlers):
-        logger.removeHandler(h)
-        h.close()
-    fmt = logging.Formatter("[%(asctime)s] %(message)s", "%m/%d %H:%M:%S")
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
-    if info.is_main:
-        handlers.append(logging.FileHandler(output_dir / "log.txt"))
-    for h in handlers:
-        h.setFormatter(fmt)
-        logger.addHandler(h)
-
-
 def plot_history(history: list[dict[str, Any]], path: Path) -> None:
     """Training loss and validation top-1 per epoch, side by side, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [h["epoch"] + 1 for h in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    if all("val_center_loss" in h for h in history):
-        ax_loss.plot(epochs, [h["val_center_loss"] for h in history], "s-", label="val (center)")
-    ax_loss.set_xlabel("epoch")
-    ax_loss.set_ylabel("loss")
-    ax_loss.legend()
-    for proto in EVAL_PROTOCOLS:
-        key = f"val_{proto}_top1"
-        if history and all(key in h for h in history):
-            ax_acc.plot(epochs, [h[key] for h in history], "o-", label=f"top-1 ({proto})")
-    ax_acc.set_xlabel("epoch")
-    ax_acc.set_ylabel("accuracy (%)")
-    ax_acc.set_ylim(0, 100)
-    ax_acc.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    plot_runs_history(history, path, {"train": "train_loss", "val (center)": "val_center_loss"},
+                      {f"top-1 ({p})": f"val_{p}_top1" for p in EVAL_PROTOCOLS})
 
 
 class _Run:
@@ -396,7 +263,7 @@ class _Run:
         self.cfg, self.info = cfg, info
         self.out = Path(cfg.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
-        _setup_logging(self.out, info)
+        setup_run_logging(logger, self.out, info)
         workers_per_proc = cfg.num_workers
         threads = cfg.threads or max(1, (os.cpu_count() or 1) // info.world_size - workers_per_proc)
         torch.set_num_threads(threads)

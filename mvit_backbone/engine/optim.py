@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 import torch.nn as nn
 
 # parameter names (last component) that never get weight decay, besides every 1-d tensor
@@ -33,3 +34,17 @@ def param_groups(model: nn.Module, weight_decay: float,
         {"params": decay, "weight_decay": weight_decay, "names": decay_names},
         {"params": no_decay, "weight_decay": 0.0, "names": no_decay_names},
     ]
+
+
+def make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
+                   zero_decay_pos_cls: bool = True, betas: tuple[float, float] = (0.9, 0.999),
+                   momentum: float = 0.9) -> torch.optim.Optimizer:
+    """``"adamw"`` (with ``betas``) or ``"sgd"`` (with ``momentum``, PySlowFast's fine-tuning
+    optimizer) over :func:`param_groups` at ``lr``."""
+    groups = [{k: v for k, v in g.items() if k != "names"}
+              for g in param_groups(model, weight_decay, zero_decay_pos_cls)]
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+    raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {name!r}")

@@ -41,3 +41,15 @@ class WarmupCosine(ParamScheduler):
     def __repr__(self) -> str:
         return (f"WarmupCosine(peak={self.peak}, warmup={self.warmup}, start={self.start}, "
                 f"end={self.end})")
+
+
+def recipe_lr_multiplier(epochs: float, warmup_epochs: float, peak_lr: float, base_lr: float,
+                         warmup_start_lr: float, end_lr: float,
+                         scale_start_end_lr: bool = False) -> WarmupCosine:
+    """The learning rate of the MViT recipes as a multiple of ``peak_lr`` (a function of the
+    fraction of training done): linear warm-up from ``warmup_start_lr`` to ``peak_lr`` over
+    ``warmup_epochs``, then half-period cosine down to ``end_lr`` at ``epochs`` (with
+    ``scale_start_end_lr`` both scaled by ``peak_lr / base_lr``, as the official code)."""
+    scale = peak_lr / base_lr if scale_start_end_lr else 1.0
+    return WarmupCosine(peak=1.0, warmup=warmup_epochs / epochs,
+                        start=warmup_start_lr * scale / peak_lr, end=end_lr * scale / peak_lr)
