@@ -71,7 +71,7 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
             self.logger.warning(f"{os.path.join(self.save_dir, 'last_checkpoint')} is empty or "
                                 "missing; looking for the newest intact checkpoint")
         candidates = checkpoint_candidates(self.save_dir, CHECKPOINT_PATTERN, tagged or None)
-        found, data = load_newest_intact(candidates, lambda p: self._load_file(str(p)))
+        found, data = load_newest_intact(candidates, lambda p: self._read_dict(str(p)))
         self.resumed_from = str(found)
         self._preloaded = (self.resumed_from, data)  # read once: load() takes it from here
         try:
