@@ -81,9 +81,13 @@ def checkpoint_candidates(directory: str | os.PathLike, pattern: str,
     return found
 
 
-def load_newest_intact(candidates: Iterable[Path], read: Callable[[Path], T]) -> tuple[Path, T]:
-    """``(path, read(path))`` of the first candidate that reads; each one that does not is
-    logged as a warning with the reason, and the fallback is said.
+def load_newest_intact(candidates: Iterable[Path], read: Callable[[Path], T],
+                       errors: tuple[type[BaseException], ...] = (CheckpointReadError, OSError,
+                                                                  ValueError),
+                       ) -> tuple[Path, T]:
+    """``(path, read(path))`` of the first candidate that reads (``read`` raises one of
+    ``errors`` for one that does not); each one that does not is logged as a warning with the
+    reason, and the fallback is said.
 
     Raises:
         CheckpointReadError: no candidate reads (the message lists each one and why).
@@ -92,7 +96,7 @@ def load_newest_intact(candidates: Iterable[Path], read: Callable[[Path], T]) ->
     for path in candidates:
         try:
             data = read(path)
-        except (CheckpointReadError, OSError, ValueError) as e:
+        except errors as e:
             logger.warning("checkpoint %s cannot be used: %s", path, e)
             problems.append(f"{path}: {e}")
             continue

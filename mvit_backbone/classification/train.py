@@ -594,7 +594,7 @@ class _Run:
             logger.info("no checkpoint in %s; starting from scratch", self.out)
             return None, {}
         try:
-            return load_newest_intact(candidates, load_training_checkpoint)
+            return load_newest_intact(candidates, load_training_checkpoint, (CheckpointError,))
         except CheckpointReadError as e:
             raise CheckpointError(f"cannot resume in {self.out}: {e}") from None
 
