@@ -111,14 +111,17 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
         return data
 
     def get_checkpoint_file(self) -> str:
-        """The file ``last_checkpoint`` names, which must be a file name in ``save_dir``."""
+        """The file ``last_checkpoint`` names, which must be a file name in ``save_dir``; ``""``
+        when the tag is missing or empty."""
         name = os.path.join(self.save_dir, "last_checkpoint")
         try:
             with self.path_manager.open(name, "r") as f:
                 last_saved = f.read().strip()
         except OSError:
             return ""  # deleted by another process since has_checkpoint()
-        if os.path.basename(last_saved) != last_saved or last_saved in ("", ".", ".."):
+        if not last_saved:
+            return ""  # an interrupted tag write of an older version, or emptied by hand
+        if os.path.basename(last_saved) != last_saved or last_saved in (".", ".."):
             raise CheckpointReadError(
                 f"{name} names {last_saved!r}; it may only name a checkpoint file in {self.save_dir}"
             )

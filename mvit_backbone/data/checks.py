@@ -167,9 +167,10 @@ def clean_coco(data: dict[str, Any], json_file: str, image_root: str,
                 bad_ids.add(entry.get("id"))
             continue
         path = os.path.join(image_root, entry["file_name"])
-        if id_counts[entry["id"]] > 1:
-            problems.append(Problem(json_file, f"image id {entry['id']} is used by "
-                                               f"{id_counts[entry['id']]} images ({path})"))
+        if id_counts[entry["id"]] > 1:  # all are dropped: their annotations cannot be told apart
+            if entry["id"] not in bad_ids:
+                problems.append(Problem(json_file, f"image id {entry['id']} is used by "
+                                                   f"{id_counts[entry['id']]} images ({path}, ...)"))
         elif not os.path.isfile(path):
             problems.append(Problem(path, f"does not exist (listed in {json_file})"))
         elif os.path.getsize(path) == 0:
