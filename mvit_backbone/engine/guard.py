@@ -6,8 +6,9 @@ non-finite-loss check, and a checkpoint of the last good state when the data bre
   so they are saved as ``model_<iteration>.pth`` (main process) and the run stops with
   :class:`~mvit_backbone.engine.loop.TrainingStopped` naming the file and the checkpoint.
 - A non-finite loss (:class:`~mvit_backbone.engine.loop.NonFiniteLossError`, checked before the
-  optimizer step): nothing is saved (those weights lead to the bad loss); the run stops naming
-  the iteration, the loss terms and the last good checkpoint, which is kept.
+  optimizer step; or detectron2's own ``FloatingPointError`` on NaN boxes): nothing is saved
+  (those weights lead to the bad loss); the run stops naming the iteration, the loss terms and
+  the last good checkpoint, which is kept.
 """
 from __future__ import annotations
 
@@ -56,7 +57,9 @@ def train_saving_on_error(train: Callable[[], Any], trainer: Any, checkpointer: 
     ``checkpointer`` a :class:`~mvit_backbone.checkpoint.SafeDetectionCheckpointer`."""
     try:
         return train()
-    except NonFiniteLossError as e:
+    except FloatingPointError as e:  # our loss check, or detectron2's checks of boxes
+        if not isinstance(e, NonFiniteLossError):
+            e = NonFiniteLossError(f"{e} (iteration {trainer.iter})")
         last = checkpointer.get_checkpoint_file() if checkpointer.has_checkpoint() else None
         raise stopped_on_non_finite_loss(e, last) from None
     except DatasetError as e:
