@@ -360,6 +360,7 @@ def test_detection_two_seeded_deterministic_runs_give_identical_losses(tiny_sets
         for name in ("a", "b"):
             torch.manual_seed(0)
             np.random.seed(0)
+            # numpy's seed orders the sampler, the loader's seed its generator
             do_train(demo_cfg(tiny_sets, tmp_path / name, 3, "dataloader.train.seed=0"))
             losses.append(losses_of(tmp_path / name))
     finally:
@@ -396,9 +397,10 @@ def test_detection_sigkill_during_checkpoint_write_then_resume(tiny_sets, tmp_pa
     assert (out / "last_checkpoint").read_text() == "model_0000001.pth"
     assert (out / ".model_0000003.pth.tmp").is_file() and not (out / "model_0000003.pth").exists()
     resumed = subprocess.run([sys.executable, "tools/lazyconfig_train_net.py", "--resume", *args],
-                             cwd=REPO, capture_output=True, text=True, timeout=400)
+                             cwd=REPO, capture_output=True, text=True, timeout=600,
+                             env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"Resumed from {out}/model_0000001.pth at iteration 2" in resumed.stderr
+    assert f"Resumed from {out}/model_0000001.pth at iteration 2" in resumed.stdout + resumed.stderr
     assert (out / "model_final.pth").is_file()
     with open(out / "metrics.json") as f:
         iterations = [r["iteration"] for r in map(json.loads, f) if "total_loss" in r]

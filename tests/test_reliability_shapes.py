@@ -114,13 +114,15 @@ def test_any_small_size_with_detectron2_patches(config, batch, height, width) ->
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 @property_test(200, **large_sizes)
 def test_any_size_up_to_1400_many(config, batch, height, width) -> None:
     _large(config, batch, height, width)
 
 
 @pytest.mark.slow
-@property_test(600, **small_sizes)
+@pytest.mark.timeout(3600)
+@property_test(400, **small_sizes)
 def test_any_small_size_with_detectron2_patches_many(config, batch, height, width) -> None:
     _small(config, batch, height, width)
 
@@ -162,6 +164,7 @@ def test_any_video_size(config, batch, frames, height, width) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 @property_test(250, **video_cases)
 def test_any_video_size_many(config, batch, frames, height, width) -> None:
     _video(config, batch, frames, height, width)

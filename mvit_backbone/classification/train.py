@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ from ..checkpoint import (
     load_newest_intact,
     read_checkpoint,
 )
+from ..checkpoint.saving import temporary_path
 from ..data.checks import (
     DatasetError,
     Problem,
@@ -806,10 +808,18 @@ class _Run:
 
     def _save(self, state: dict[str, Any], keep_as: str | None = None) -> None:
         """Write ``checkpoint_last.pth`` (the one before it stays as
-        ``checkpoint_previous.pth``, a fallback for resuming) and, with ``keep_as``, a copy."""
-        last = self.out / "checkpoint_last.pth"
+        ``checkpoint_previous.pth``, a fallback for resuming) and, with ``keep_as``, a copy.
+        ``checkpoint_last.pth`` is in place at every moment: the previous one is kept through a
+        hard link (a copy where links are not supported) before the new one replaces it."""
+        last, previous = self.out / "checkpoint_last.pth", self.out / "checkpoint_previous.pth"
         if last.exists():
-            os.replace(last, self.out / "checkpoint_previous.pth")
+            link = temporary_path(previous)
+            link.unlink(missing_ok=True)
+            try:
+                os.link(last, link)
+            except OSError:
+                shutil.copyfile(last, link)
+            os.replace(link, previous)
         atomic_save(state, last)
         if keep_as:
             atomic_save(state, self.out / keep_as)
