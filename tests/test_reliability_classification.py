@@ -179,6 +179,7 @@ def test_checkpoint_is_written_before_evaluation_and_atomically(data: Path, tmp_
     assert "epoch 1/2 done" in log
 
 
+@pytest.mark.slow
 def test_resume_falls_back_from_a_truncated_last_checkpoint(data: Path, tmp_path: Path, caplog) -> None:
     out = tmp_path / "o"
     run(tiny(data, out, epochs=2))

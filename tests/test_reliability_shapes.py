@@ -103,12 +103,12 @@ def _small(config, batch, height, width):
     check_backbone(slim_backbone(4, *config), batch, height, width, "2-D, patch 4, 4..160")
 
 
-@property_test(6, **large_sizes)
+@property_test(4, **large_sizes)
 def test_any_size_up_to_1400(config, batch, height, width) -> None:
     _large(config, batch, height, width)
 
 
-@property_test(20, **small_sizes)
+@property_test(10, **small_sizes)
 def test_any_small_size_with_detectron2_patches(config, batch, height, width) -> None:
     _small(config, batch, height, width)
 
@@ -158,7 +158,7 @@ video_cases = dict(config=st.tuples(st.sampled_from(POLICIES), st.booleans(), st
                    width=st.integers(4, 96))
 
 
-@property_test(10, **video_cases)
+@property_test(6, **video_cases)
 def test_any_video_size(config, batch, frames, height, width) -> None:
     _video(config, batch, frames, height, width)
 
@@ -170,7 +170,7 @@ def test_any_video_size_many(config, batch, frames, height, width) -> None:
     _video(config, batch, frames, height, width)
 
 
-@property_test(10, mode=st.sampled_from(WINDOW_MODES), height=st.integers(1, 40),
+@property_test(6, mode=st.sampled_from(WINDOW_MODES), height=st.integers(1, 40),
                width=st.integers(1, 40))
 def test_too_small_is_a_value_error_saying_the_minimum(mode, height, width) -> None:
     model = slim_backbone(16, mode, "auto", True, False)
