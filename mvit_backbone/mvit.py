@@ -104,8 +104,17 @@ class MViTTrunk(nn.Module):
     in space only at stage transitions (1, 2, 2), the adaptive K/V stride is (1, s, s).
 
     Shapes: ``forward_stages(x (B, C, H, W) or (B, C, T, H, W))`` returns, per stage, tokens
-    (B, [1 +] prod(grid_s), C_s) and the grid ((T_s,) H_s, W_s).
+    (B, [1 +] prod(grid_s), C_s) and the grid ((T_s,) H_s, W_s) (:meth:`stage_grids`).
+
+    Inputs (:meth:`check_input`): any size of at least one patch (``patch_stride``) per axis,
+    smaller is a ``ValueError`` saying the minimum; a batch of 0 gives empty outputs of the
+    shapes a batch of 1 would have; a floating-point dtype other than the weights' is a
+    ``ValueError`` outside ``torch.autocast`` (cast the input, or the model); NaN or infinite
+    input values are a ``ValueError`` while ``check_finite_input`` is True (the default; set
+    it to False to skip the check, which reads the whole input once).
     """
+
+    check_finite_input: bool = True
 
     def __init__(
         self,
@@ -243,9 +252,42 @@ class MViTTrunk(nn.Module):
             )
         size = tuple(x.shape[2:])
         if any(s < p for s, p in zip(size, self.patch_stride)):
+            minimum = " x ".join(map(str, self.patch_stride))
             raise ValueError(
-                f"input of size {size} is smaller than one patch {self.patch_stride}"
+                f"input of size {' x '.join(map(str, size))} is smaller than one patch: the "
+                f"minimum size is {minimum} (patch_stride {self.patch_stride})"
             )
+        weight = self.patch_embed.proj.weight
+        if not x.is_floating_point():
+            raise ValueError(f"expected a floating-point input, got {x.dtype} (normalise images "
+                             "to float first)")
+        if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise ValueError(
+                f"input dtype {x.dtype} differs from the model's {weight.dtype}: cast the input "
+                f"(x.to({weight.dtype})), or the model (model.to({x.dtype})), or run under "
+                "torch.autocast"
+            )
+        if self.check_finite_input and x.numel() and not bool(torch.isfinite(x).all()):
+            raise ValueError(
+                f"input holds NaN or infinite values ({int((~torch.isfinite(x)).sum())} of "
+                f"{x.numel()}); set model.check_finite_input = False to skip this check"
+            )
+
+    def stage_grids(self, size: Sequence[int]) -> list[tuple[int, ...]]:
+        """The token grid ((T,) H, W) at the end of every stage for an input of ``size``
+        ((T,) H, W): the patch embedding's conv, then each query pooling (kernel k, stride s,
+        padding k // 2) of the blocks."""
+        conv = self.patch_embed.proj
+        grid = [(n + 2 * p - k) // s + 1
+                for n, p, k, s in zip(size, conv.padding, conv.kernel_size, conv.stride)]
+        grids = []
+        for i, cfg in enumerate(self.block_configs):
+            attn = cfg.attention
+            grid = [n if s == 1 else (n + 2 * (k // 2) - k) // s + 1
+                    for n, k, s in zip(grid, attn.pool_kernel, attn.stride_q)]
+            if i in self._last_block_indexes:
+                grids.append(tuple(grid))
+        return grids
 
     def separate_abs_pos(self, shape: Sequence[int]) -> torch.Tensor:
         """Space + time absolute positions (``sep_pos_embed``) on the grid ``shape`` (T, H, W):
@@ -284,6 +326,10 @@ class MViTTrunk(nn.Module):
 
     def forward_stages(self, x: torch.Tensor) -> list[tuple[torch.Tensor, tuple[int, ...]]]:
         """Run the trunk; return (tokens, grid shape) at the end of every stage."""
+        if x.shape[0] == 0:  # nothing to compute: empty tokens of the shapes a batch would get
+            self.check_input(x)
+            return [(x.new_zeros(0, self.num_prefix + math.prod(grid), channels), grid)
+                    for grid, channels in zip(self.stage_grids(x.shape[2:]), self.stage_channels)]
         input_pixels = x.shape[0] * math.prod(x.shape[2:])
         x, shape = self._embed(x)
         outputs = []

@@ -233,12 +233,11 @@ def test_det_detectron2_checkpoint_gives_identical_outputs(tmp_path):
 
 @pytest.mark.parametrize("content,problem", [
     ('{"images": [], "annotations": [', "not valid json"),
-    ('{"images": [], "categories": []}', "missing key"),
+    ('{"images": [], "categories": []}', "no 'annotations' list"),
 ])
 def test_det_broken_annotation_json_names_the_file(tmp_path, content, problem):
     json_file = tmp_path / "broken.json"
     json_file.write_text(content)
-    register_coco_dataset("det_broken", str(json_file), str(tmp_path))
     with pytest.raises(ValueError, match=problem) as info:
-        get_detection_dataset_dicts("det_broken")
+        register_coco_dataset("det_broken", str(json_file), str(tmp_path))
     assert str(json_file) in str(info.value)

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,14 +40,35 @@ from PIL import Image
 from torch.utils.data import DataLoader, Subset
 from torchvision.datasets import ImageFolder
 
+from ..checkpoint import (
+    CheckpointReadError,
+    atomic_save,
+    atomic_write_text,
+    checkpoint_candidates,
+    load_newest_intact,
+)
+from ..checkpoint.saving import temporary_path
+from ..data.checks import (
+    DatasetError,
+    Problem,
+    SkipCounter,
+    check_image_files,
+    fail_or_skip,
+    worker_message,
+)
 from ..data.image_folder import write_synthetic_image_folder
-from ..engine.loop import TrainLoop
+from ..engine.loop import (
+    NonFiniteLossError,
+    TrainLoop,
+    stopped_on_bad_data,
+    stopped_on_non_finite_loss,
+)
 from ..engine.memory import PeakMemoryMeter
 from ..engine.optim import make_optimizer
 from ..engine.progress import Progress
 from ..engine.runs import (CheckpointError, DistInfo, accuracy_counts, all_reduce_sum,
                            config_from_dict, init_distributed, load_model_state,
-                           load_training_checkpoint, load_yaml_config, save_checkpoint,
+                           load_training_checkpoint, load_yaml_config,
                            setup_run_logging)
 from ..engine.runs import plot_history as plot_runs_history
 from ..engine.schedule import WarmupCosine, recipe_lr_multiplier
@@ -57,7 +79,7 @@ logger = logging.getLogger("mvit_backbone.classification.train")
 EVAL_PROTOCOLS = ("center", "full")
 
 
-class CorruptImageError(RuntimeError):
+class CorruptImageError(DatasetError):
     """An image file of the dataset cannot be decoded; the message names the file."""
 
 
@@ -121,6 +143,12 @@ class TrainConfig:
     log_period: int = 20
     checkpoint_period: int = 0  # also keep checkpoint_{epoch}.pth every N epochs; 0 = only last
     eval_batch_size: int = 0  # 0 = batch_size
+    # data problems (docs/RELIABILITY.md): decode every image before training; skip broken
+    # images (a warning each, a count at the end) instead of stopping with an error naming them
+    check_data: bool = False
+    skip_bad_data: bool = False
+    # deterministic algorithms (torch.use_deterministic_algorithms): identical runs, slower
+    deterministic: bool = False
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
@@ -212,9 +240,67 @@ def dataset_root(cfg: TrainConfig) -> Path:
     )
 
 
-def build_dataset(root: Path, split_dir: str, transform) -> ImageFolder:
-    """``torchvision`` ImageFolder of ``root/split_dir`` that reports corrupt files by name."""
-    return ImageFolder(str(root / split_dir), transform=transform, loader=load_rgb)
+class CheckedImageFolder(ImageFolder):
+    """``torchvision`` ImageFolder that names the files it cannot use.
+
+    At construction, an empty (0-byte) file is an error naming it, or with ``skip_bad_data``
+    left out (a warning each). An image that cannot be decoded when read raises
+    :class:`CorruptImageError` naming it, or with ``skip_bad_data`` is skipped (one warning per
+    file, counted in ``skipped``): in training (``substitute``) the next readable image takes
+    its place so that batches keep their size; in evaluation the item is ``None`` and
+    :func:`collate_readable` leaves it out. :meth:`check` decodes every file beforehand.
+    """
+
+    def __init__(self, root: str, transform, skip_bad_data: bool = False,
+                 substitute: bool = True):
+        try:
+            super().__init__(root, transform=transform, loader=load_rgb)
+        except FileNotFoundError as e:  # torchvision: a class folder without images
+            raise DatasetError(f"image folder {root}: {e}") from None
+        self.skip_bad_data, self.substitute = skip_bad_data, substitute
+        self.skipped = SkipCounter()
+        empty = [Problem(p, "is empty (0 bytes)") for p, _ in self.samples if os.path.getsize(p) == 0]
+        self._drop(empty, root)
+
+    def _drop(self, problems: list[Problem], where: str) -> None:
+        fail_or_skip(problems, self.skip_bad_data, where)
+        bad = {p.file for p in problems}
+        if bad:
+            self.samples = [s for s in self.samples if s[0] not in bad]
+            self.imgs, self.targets = self.samples, [t for _, t in self.samples]
+
+    def check(self) -> list[Problem]:
+        """Decode every image (the ``check_data`` pass); broken ones are an error naming them,
+        or with ``skip_bad_data`` are left out. Returns the problems found."""
+        problems = check_image_files((path, None) for path, _ in self.samples)
+        self._drop(problems, self.root)
+        return problems
+
+    def __getitem__(self, index: int):
+        for attempt in range(len(self.samples)):
+            i = (index + attempt) % len(self.samples)
+            try:
+                return super().__getitem__(i)
+            except CorruptImageError as e:
+                if not self.skip_bad_data:
+                    raise
+                self.skipped.skip(Problem(self.samples[i][0], str(e)))
+                if not self.substitute:
+                    return None
+        raise DatasetError(f"image folder {self.root}: no image can be decoded")
+
+
+def collate_readable(batch: list):
+    """``default_collate`` of the items that are not ``None`` (skipped images); ``None`` when
+    none is left."""
+    batch = [b for b in batch if b is not None]
+    return torch.utils.data.default_collate(batch) if batch else None
+
+
+def build_dataset(root: Path, split_dir: str, transform, skip_bad_data: bool = False,
+                  substitute: bool = True) -> CheckedImageFolder:
+    """:class:`CheckedImageFolder` of ``root/split_dir``."""
+    return CheckedImageFolder(str(root / split_dir), transform, skip_bad_data, substitute)
 
 
 # --------------------------------------------------------------------------- model, checkpoints
@@ -238,8 +324,10 @@ def evaluate(model: nn.Module, loader: DataLoader, info: DistInfo, amp_ctx) -> d
     """Top-1/top-5 (%) and mean cross-entropy over the loader's shards of all processes."""
     model.eval()
     loss_sum, n, c1, c5 = 0.0, 0, 0, 0
-    for images, target in loader:
-        images, target = images.to(info.device), target.to(info.device)
+    for batch in loader:
+        if batch is None:  # every image of the batch was skipped
+            continue
+        images, target = (t.to(info.device) for t in batch)
         with amp_ctx():
             logits = model(images).float()
         loss_sum += float(nn.functional.cross_entropy(logits, target, reduction="sum"))
@@ -271,6 +359,11 @@ class _Run:
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
+        if cfg.deterministic:
+            # cuBLAS needs this for deterministic matmuls on CUDA (read when CUDA starts)
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
 
         # the synthetic tree is written by rank 0 while the others wait
         if info.is_main:
@@ -280,7 +373,15 @@ class _Run:
         if not info.is_main:
             root = dataset_root(cfg)
         self.root = root
-        self.eval_sets = {p: build_dataset(root, "val", build_transform(cfg, p)) for p in EVAL_PROTOCOLS}
+        self.eval_sets = {p: build_dataset(root, "val", build_transform(cfg, p), cfg.skip_bad_data,
+                                           substitute=False) for p in EVAL_PROTOCOLS}
+        if cfg.check_data:
+            # the protocols share one file list: check it once, drop what broke from all
+            checked = self.eval_sets["center"]
+            checked.check()
+            for ds in self.eval_sets.values():
+                ds.samples = ds.imgs = checked.samples
+                ds.targets = checked.targets
         self.classes = self.eval_sets["center"].classes
         self.model = build_model(cfg, len(self.classes)).to(info.device)
         cuda_amp = cfg.amp and info.device.type == "cuda"
@@ -295,7 +396,8 @@ class _Run:
         ds = self.eval_sets[protocol]
         shard = Subset(ds, range(self.info.rank, len(ds), self.info.world_size))
         return DataLoader(shard, batch_size=self.cfg.eval_batch_size or self.cfg.batch_size,
-                          shuffle=False, num_workers=self.cfg.num_workers)
+                          shuffle=False, num_workers=self.cfg.num_workers,
+                          collate_fn=collate_readable)
 
     def evaluate_all(self, model: nn.Module, protocols: Iterable[str]) -> dict[str, float]:
         """``{"val_<protocol>_<top1|top5|loss>": value}`` for the given protocols."""
@@ -311,8 +413,9 @@ class _Run:
     def eval_only(self, resume: str | None) -> dict[str, Any]:
         """Evaluate a training checkpoint (or ``cfg.weights``) with both protocols."""
         if resume:
-            path = self._resolve_resume(resume, must_exist=True)
-            ckpt = load_training_checkpoint(path)
+            path, ckpt = self._load_resume(resume)
+            if path is None:
+                raise CheckpointError(f"no checkpoint in {self.out} to evaluate")
             self._check_classes(ckpt, path)
             load_model_state(self.model, ckpt["model"], str(path))
             source, epoch = str(path), int(ckpt["epoch"])
@@ -327,12 +430,34 @@ class _Run:
         return metrics
 
     # ---------------------------------------------------------------- training
-    def _resolve_resume(self, resume: str, must_exist: bool) -> Path | None:
-        path = self.out / "checkpoint_last.pth" if resume == "auto" else Path(resume)
-        if resume == "auto" and not path.exists() and not must_exist:
+    def _load_resume(self, resume: str) -> tuple[Path | None, dict[str, Any]]:
+        """``(path, checkpoint)`` to resume from: the file ``resume`` names, or for ``"auto"``
+        the newest intact checkpoint of ``output_dir`` (``checkpoint_last.pth`` first; a
+        truncated or unreadable one is reported and the next is taken); ``(None, {})`` when
+        ``"auto"`` finds none."""
+        if resume != "auto":
+            return Path(resume), load_training_checkpoint(resume)
+        last = self.out / "checkpoint_last.pth"
+        candidates = checkpoint_candidates(self.out, "checkpoint_*.pth",
+                                           last if last.exists() else None)
+        if not candidates:
             logger.info("no checkpoint in %s; starting from scratch", self.out)
-            return None
-        return path
+            return None, {}
+        try:
+            return load_newest_intact(candidates, load_training_checkpoint, (CheckpointError,))
+        except CheckpointReadError as e:
+            raise CheckpointError(f"cannot resume in {self.out}: {e}") from None
+
+    @staticmethod
+    def _eval_history(history: list[dict[str, Any]], folder: Path) -> list[dict[str, Any]]:
+        """``history`` with the evaluation results of ``folder/history.json`` merged in: a
+        checkpoint is written before its epoch's evaluation, ``history.json`` after it."""
+        path = folder / "history.json"
+        try:
+            logged = {r["epoch"]: r for r in json.loads(path.read_text())}
+        except (OSError, ValueError, KeyError, TypeError):
+            return history
+        return [{**logged.get(r["epoch"], {}), **r} for r in history]
 
     def _check_classes(self, ckpt: dict[str, Any], path: Path) -> None:
         if list(ckpt["classes"]) != list(self.classes):
@@ -353,7 +478,9 @@ class _Run:
         from timm.loss import SoftTargetCrossEntropy
         from timm.utils import ModelEmaV3
 
-        train_set = build_dataset(self.root, "train", build_transform(cfg, "train"))
+        train_set = build_dataset(self.root, "train", build_transform(cfg, "train"), cfg.skip_bad_data)
+        if cfg.check_data:
+            train_set.check()
         if train_set.classes != self.classes:
             raise ValueError(f"train classes {train_set.classes} differ from val classes {self.classes}")
         # each process sees len(train_set) / world_size samples per epoch, every sample
@@ -400,10 +527,9 @@ class _Run:
                          log_period=cfg.log_period, log=logger)
         ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema else None
         history: list[dict[str, Any]] = []
-        start_epoch = 0
-        path = self._resolve_resume(resume, must_exist=resume != "auto") if resume else None
+        start_epoch, skip_batches = 0, 0
+        path, ckpt = self._load_resume(resume) if resume else (None, {})
         if path is not None:
-            ckpt = load_training_checkpoint(path)
             self._check_classes(ckpt, path)
             load_model_state(model, ckpt["model"], str(path))
             try:
@@ -414,9 +540,11 @@ class _Run:
                 self.scaler.load_state_dict(ckpt["scaler"])
             if ema is not None and ckpt.get("ema") is not None:
                 load_model_state(ema.module, ckpt["ema"], f"{path} (ema)")
-            history = list(ckpt["history"])
+            history = self._eval_history(list(ckpt["history"]), path.parent)
             start_epoch = int(ckpt["epoch"]) + 1
-            logger.info("resumed from %s at epoch %d", path, start_epoch)
+            skip_batches = int(ckpt.get("partial_epoch_iterations", 0))
+            logger.info("resumed from %s at epoch %d%s", path, start_epoch,
+                        f", iteration {skip_batches} of the epoch" if skip_batches else "")
 
         tb = None
         if info.is_main:
@@ -427,7 +555,7 @@ class _Run:
         logger.info("training %d epochs from epoch %d: %d iterations/epoch, total batch %d, "
                     "peak lr %.3g, warm-up %.1f epochs", cfg.epochs, start_epoch, iters,
                     cfg.batch_size * info.world_size, peak, cfg.warmup_epochs)
-        progress = Progress(cfg.epochs * iters, done=start_epoch * iters,
+        progress = Progress(cfg.epochs * iters, done=start_epoch * iters + skip_batches,
                             memory=PeakMemoryMeter(info.device))
 
         def after_step(iteration: int, metrics: dict[str, float]) -> None:
@@ -437,30 +565,71 @@ class _Run:
                 tb.add_scalar("train/loss", metrics["loss"], iteration)
                 tb.add_scalar("train/lr", metrics["lr"], iteration)
 
+        def state(epoch: int, partial_epoch_iterations: int = 0) -> dict[str, Any]:
+            return {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "ema": ema.module.state_dict() if ema is not None else None,
+                "epoch": epoch,  # the last finished epoch
+                "partial_epoch_iterations": partial_epoch_iterations,
+                "classes": list(self.classes),
+                "history": history,
+                "config": dataclasses.asdict(cfg),
+            }
+
+        last = self.out / "checkpoint_last.pth"
         t_start = time.time()
         for epoch in range(start_epoch, cfg.epochs):
             sampler.set_epoch(epoch)
             t_epoch = time.time()
-            epoch_stats = loop.run(loader, progress, on_step=after_step,
-                                   prefix=f"epoch {epoch + 1}/{cfg.epochs}  ")
+            epoch_loader = self._skip_batches(loader, sampler, skip_batches)
+            try:
+                epoch_stats = loop.run(epoch_loader, progress, on_step=after_step,
+                                       prefix=f"epoch {epoch + 1}/{cfg.epochs}  ")
+            except NonFiniteLossError as e:
+                raise stopped_on_non_finite_loss(e, str(last) if last.exists() else None) from None
+            except DatasetError as e:
+                # the batch never reached the model: the weights are those of the last
+                # finished iteration, saved with where in the epoch they are
+                done = progress.done - epoch * iters
+                saved = None
+                if info.is_main and done > skip_batches:
+                    self._save(state(epoch - 1, done))
+                    saved = str(last)
+                raise stopped_on_bad_data(worker_message(e), saved) from None
+            skip_batches = 0
             epoch_lr = peak * schedule(epoch / cfg.epochs)
             # every process runs the same number of equal batches (drop_last)
             loss_total, = all_reduce_sum([epoch_stats["loss"]], info)
             record: dict[str, Any] = {"epoch": epoch, "lr": epoch_lr,
                                       "train_loss": loss_total / info.world_size,
                                       "epoch_time_s": time.time() - t_epoch}
-            record.update(self.evaluate_all(model, cfg.eval_protocols))
-            if ema is not None:
-                ema_metrics = self.evaluate_all(ema.module, ("center",))
-                record.update({k.replace("val_", "ema_val_"): v for k, v in ema_metrics.items()})
-            record["elapsed_s"] = time.time() - t_start
             history.append(record)
+            # the epoch's training is saved before its evaluation, which may fail (a broken
+            # validation image) or be interrupted
+            if info.is_main:
+                self._save(state(epoch), keep_as=f"checkpoint_{epoch + 1:04d}.pth"
+                           if cfg.checkpoint_period and (epoch + 1) % cfg.checkpoint_period == 0
+                           else None)
+            try:
+                record.update(self.evaluate_all(model, cfg.eval_protocols))
+                if ema is not None:
+                    ema_metrics = self.evaluate_all(ema.module, ("center",))
+                    record.update({k.replace("val_", "ema_val_"): v for k, v in ema_metrics.items()})
+            except DatasetError as e:
+                raise stopped_on_bad_data(worker_message(e), str(last)) from None
+            record["elapsed_s"] = time.time() - t_start
             logger.info("epoch %d/%d done: train loss %.4f, %s, %.1fs", epoch + 1, cfg.epochs,
                         record["train_loss"], ", ".join(f"{k} {v:.2f}" for k, v in record.items()
                                                          if k.endswith("top1") or k.endswith("top5")),
                         record["epoch_time_s"])
             if info.is_main:
-                self._save_epoch(epoch, model, optimizer, ema, history, tb)
+                self._log_epoch(epoch, history, tb)
+        skipped = train_set.skipped.count + sum(ds.skipped.count for ds in self.eval_sets.values())
+        if skipped:
+            logger.warning("skipped %d image(s) that could not be decoded (named in the warnings "
+                           "above)", skipped)
         metrics: dict[str, Any] = {"epochs": cfg.epochs, "history": history}
         last = history[-1] if history else {}
         if all(f"val_{p}_top1" in last for p in EVAL_PROTOCOLS):
@@ -475,26 +644,41 @@ class _Run:
             logger.info("final: %s", json.dumps(metrics["final"]))
         return metrics
 
-    def _save_epoch(self, epoch: int, model: nn.Module, optimizer, ema, history, tb) -> None:
-        state = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "ema": ema.module.state_dict() if ema is not None else None,
-            "epoch": epoch,
-            "classes": list(self.classes),
-            "history": history,
-            "config": dataclasses.asdict(self.cfg),
-        }
-        save_checkpoint(self.out / "checkpoint_last.pth", state)
-        if self.cfg.checkpoint_period and (epoch + 1) % self.cfg.checkpoint_period == 0:
-            save_checkpoint(self.out / f"checkpoint_{epoch + 1:04d}.pth", state)
+    def _skip_batches(self, loader: DataLoader, sampler, batches: int) -> DataLoader:
+        """``loader`` for this epoch without its first ``batches`` batches (resuming in the
+        middle of an epoch: the sampler's order is fixed by its epoch)."""
+        if not batches:
+            return loader
+        indices = list(iter(sampler))[batches * loader.batch_size:]
+        return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=indices,
+                          drop_last=True, num_workers=loader.num_workers,
+                          pin_memory=loader.pin_memory)
+
+    def _save(self, state: dict[str, Any], keep_as: str | None = None) -> None:
+        """Write ``checkpoint_last.pth`` (the one before it stays as
+        ``checkpoint_previous.pth``, a fallback for resuming) and, with ``keep_as``, a copy.
+        ``checkpoint_last.pth`` is in place at every moment: the previous one is kept through a
+        hard link (a copy where links are not supported) before the new one replaces it."""
+        last, previous = self.out / "checkpoint_last.pth", self.out / "checkpoint_previous.pth"
+        if last.exists():
+            link = temporary_path(previous)
+            link.unlink(missing_ok=True)
+            try:
+                os.link(last, link)
+            except OSError:
+                shutil.copyfile(last, link)
+            os.replace(link, previous)
+        atomic_save(state, last)
+        if keep_as:
+            atomic_save(state, self.out / keep_as)
+
+    def _log_epoch(self, epoch: int, history: list[dict[str, Any]], tb) -> None:
         rec = history[-1]
         for k, v in rec.items():
             if k.startswith(("val_", "ema_val_")) or k in ("train_loss", "lr"):
                 tb.add_scalar(f"epoch/{k}", v, epoch + 1)
         tb.flush()
-        (self.out / "history.json").write_text(json.dumps(history, indent=1))
+        atomic_write_text(self.out / "history.json", json.dumps(history, indent=1))
         plot_history(history, self.out / "training_curve.png")
 
 

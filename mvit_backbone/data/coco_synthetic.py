@@ -28,11 +28,9 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from .checks import DatasetError
+
 SHAPE_CLASSES: tuple[str, ...] = ("circle", "triangle", "rectangle", "star")
-
-
-class DatasetError(ValueError):
-    """A dataset file on disk is missing, unreadable or inconsistent; the message names it."""
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,23 @@ LazyConfig and yacs detector training on detectron2's hooks, analysis, predictio
 job (``engine.demo``).
 """
 from .analysis import count_flops, count_parameters, instantiate_on_meta, parameter_table
-from .data import load_coco_instances, register_coco_dataset, register_coco_datasets
+from .data import (
+    GuardedMapper,
+    check_datasets,
+    load_coco_instances,
+    register_coco_dataset,
+    register_coco_datasets,
+)
 from .launcher import argument_parser, launch_main
-from .lazy_train import build_model, do_eval_only, do_test, do_train, load_weights
-from .loop import TrainLoop
+from .lazy_train import (
+    apply_overrides,
+    build_model,
+    do_eval_only,
+    do_test,
+    do_train,
+    load_weights,
+)
+from .loop import NonFiniteLossError, TrainingStopped, TrainLoop
 from .memory import PeakMemoryMeter
 from .optim import NO_DECAY_NAMES, param_groups
 from .predict import predict_images
@@ -19,6 +32,11 @@ from .schedule import WarmupCosine
 from .yacs_train import Trainer, run_yacs, setup_yacs
 
 __all__ = [
+    "GuardedMapper",
+    "NonFiniteLossError",
+    "TrainingStopped",
+    "apply_overrides",
+    "check_datasets",
     "NO_DECAY_NAMES",
     "PeakMemoryMeter",
     "Progress",

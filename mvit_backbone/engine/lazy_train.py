@@ -7,22 +7,60 @@ process started by detectron2's ``launch`` (NCCL on GPUs, gloo on CPUs).
 """
 from __future__ import annotations
 
+import ast
 import logging
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import torch.nn as nn
-from detectron2.config import instantiate
-from detectron2.engine import AMPTrainer, SimpleTrainer, hooks
+from detectron2.config import LazyConfig, instantiate
+from detectron2.engine import hooks
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
+from detectron2.utils.registry import locate
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ..checkpoint import SafeDetectionCheckpointer, load_checkpoint
+from .data import GuardedMapper, report_checked_datasets
+from .guard import CheckedAMPTrainer, CheckedSimpleTrainer, train_saving_on_error
 from .progress import training_writers
 
 logger = logging.getLogger("detectron2")  # the logger default_setup() prints
+
+
+def apply_overrides(cfg: Any, overrides: Sequence[str]) -> Any:
+    """detectron2's ``LazyConfig.apply_overrides`` (``key=value``, values read as Python
+    literals: ``1e6`` and ``1.0e-4`` are floats), refusing a value whose type does not fit the
+    key's current value (a number where a number was, a list where a list was, ...).
+
+    Raises:
+        ValueError: at start-up, naming the key, its current value and the value given.
+    """
+    numbers = (int, float)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} is not KEY=VALUE")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        try:
+            old = OmegaConf.select(cfg, key, throw_on_missing=False)
+        except Exception:
+            old = None
+        if old is None or value is None or isinstance(old, str):
+            continue
+        fits = (isinstance(value, numbers) and not isinstance(value, bool)
+                if isinstance(old, numbers) and not isinstance(old, bool)
+                else isinstance(value, type(old)) or isinstance(old, (dict, DictConfig))
+                or (isinstance(old, (list, tuple, ListConfig)) and isinstance(value, (list, tuple))))
+        if not fits:
+            raise ValueError(f"override {key}={text!r}: {key} is {old!r} ({type(old).__name__}), "
+                             f"got a {type(value).__name__}")
+    return LazyConfig.apply_overrides(cfg, list(overrides))
 
 
 def build_model(cfg: Any) -> nn.Module:
@@ -85,15 +123,35 @@ def _ddp_kwargs(cfg: Any) -> dict:
     return kwargs
 
 
-def do_train(cfg: Any, resume: bool = False) -> dict:
+def _instantiate_with(node: Any, **objects: Any) -> Any:
+    """``instantiate(node)`` with the arguments ``objects`` given as built objects (a config
+    holds only configs, so they cannot be put into ``node``)."""
+    target = node._target_
+    if isinstance(target, str):
+        target = locate(target)
+    kwargs = {k: instantiate(v) for k, v in node.items() if k != "_target_" and k not in objects}
+    return target(**kwargs, **objects)
+
+
+def _train_dataset_names(cfg: Any) -> list[str]:
+    names = cfg.dataloader.train.dataset.get("names", [])
+    return [names] if isinstance(names, str) else list(names)
+
+
+def do_train(cfg: Any, resume: bool = False, skip_bad_data: bool = False,
+             check_data: bool = False) -> dict:
     """Train ``cfg.model`` with detectron2's trainer and hooks; returns the last evaluation.
 
     Args:
         cfg: a LazyConfig (``detectron2.config.LazyConfig.load``) with the keys listed in the
             module docstring.
-        resume: continue from the last checkpoint in ``cfg.train.output_dir`` (weights,
+        resume: continue from the newest intact checkpoint in ``cfg.train.output_dir`` (weights,
             optimizer, scheduler and iteration) when there is one; otherwise start from
             ``cfg.train.init_checkpoint`` at iteration 0 (see :func:`load_weights`).
+        skip_bad_data: skip training images that cannot be read (one warning each, a count at
+            the end) instead of stopping.
+        check_data: before training, decode every training image and compare its size with
+            the dataset's (:func:`~mvit_backbone.engine.data.report_checked_datasets`).
 
     Hooks: iteration timer, LR scheduler, periodic checkpointer (``cfg.train.checkpointer``),
     evaluation every ``cfg.train.eval_period`` iterations and at the end (:func:`do_test`),
@@ -104,15 +162,22 @@ def do_train(cfg: Any, resume: bool = False) -> dict:
 
     Returns:
         The results of the last :func:`do_test` run (``{}`` if no evaluation ran).
+
+    Raises:
+        TrainingStopped: an unreadable training image (without ``skip_bad_data``; the last good
+            state is saved first) or a non-finite loss (the last checkpoint is kept).
     """
+    if check_data and comm.is_main_process():
+        report_checked_datasets(_train_dataset_names(cfg), skip_bad_data)
     model = build_model(cfg)
     logger.info(f"Model:\n{model}")
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
-    train_loader = instantiate(cfg.dataloader.train)
+    mapper = GuardedMapper(instantiate(cfg.dataloader.train.mapper), skip_bad_data)
+    train_loader = _instantiate_with(cfg.dataloader.train, mapper=mapper)
     model = create_ddp_model(model, **_ddp_kwargs(cfg))
     use_amp = cfg.train.amp.enabled and str(cfg.train.device).startswith("cuda")
-    trainer = (AMPTrainer if use_amp else SimpleTrainer)(model, train_loader, optimizer)
+    trainer = (CheckedAMPTrainer if use_amp else CheckedSimpleTrainer)(model, train_loader, optimizer)
     checkpointer = SafeDetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
 
     last_results: dict = {}
@@ -136,11 +201,17 @@ def do_train(cfg: Any, resume: bool = False) -> dict:
     if resume and checkpointer.has_checkpoint():
         checkpointer.resume_or_load("", resume=True)
         start_iter = trainer.iter + 1
-        logger.info(f"Resumed from {checkpointer.get_checkpoint_file()} at iteration {start_iter}")
+        logger.info(f"Resumed from {checkpointer.resumed_from} at iteration {start_iter}")
     else:
         load_weights(model, cfg.train.init_checkpoint)
         start_iter = 0
-    trainer.train(start_iter, cfg.train.max_iter)
+    try:
+        train_saving_on_error(lambda: trainer.train(start_iter, cfg.train.max_iter), trainer,
+                              checkpointer, start_iter)
+    finally:
+        if mapper.skipped.count:
+            logger.warning(f"skipped {mapper.skipped.count} training image(s) that could not be "
+                           "read (named in the warnings above)")
     return dict(last_results)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import statistics
 import time
 from typing import Any, Callable, ContextManager, Iterable, Mapping
@@ -17,6 +18,47 @@ from .progress import Progress
 logger = logging.getLogger("mvit_backbone.engine")
 
 LossFn = Callable[[Any], "torch.Tensor | Mapping[str, torch.Tensor]"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss of an iteration is NaN or infinite; the message names the iteration and the
+    loss terms. Raised before the optimizer step, so the weights are those of the last good
+    iteration."""
+
+
+class TrainingStopped(RuntimeError):
+    """Training stopped on bad data or a non-finite loss; the message says why, names the file or
+    the iteration, and the checkpoint that holds the last good state."""
+
+
+def stopped_on_non_finite_loss(error: NonFiniteLossError, last_checkpoint: str | None
+                               ) -> TrainingStopped:
+    """The stop of a run whose loss went NaN or infinite: nothing is saved (those weights lead
+    to the bad loss), the last good checkpoint is kept."""
+    kept = (f"the last good checkpoint {last_checkpoint} is kept" if last_checkpoint
+            else "no checkpoint was written yet")
+    return TrainingStopped(f"training stopped: {error}; {kept}")
+
+
+def stopped_on_bad_data(message: str, saved: str | None) -> TrainingStopped:
+    """The stop of a run whose data loader met a file it cannot read: ``saved`` is the
+    checkpoint of the last good state written just before (None: nothing new to save)."""
+    where = (f"the last good state is saved in {saved}" if saved
+             else "no iteration finished since the last checkpoint")
+    return TrainingStopped(f"training stopped on bad data: {message}; {where}; fix the file or "
+                           "pass --skip-bad-data, then --resume")
+
+
+def check_finite_loss(total: "torch.Tensor | float", terms: Mapping[str, "torch.Tensor | float"],
+                      iteration: int) -> None:
+    """Raise :class:`NonFiniteLossError` when ``total`` is NaN or infinite. The one wording of
+    this error for every trainer (the package's loop, detectron2's trainers)."""
+    value = float(total)
+    if math.isfinite(value):
+        return
+    named = ", ".join(f"{k}={float(v):.6g}" for k, v in terms.items()) or "none"
+    raise NonFiniteLossError(f"non-finite loss {value} at iteration {iteration} "
+                             f"(loss terms: {named})")
 
 
 class TrainLoop:
@@ -63,15 +105,13 @@ class TrainLoop:
         """One iteration on ``batch``; returns the losses (``loss`` is their sum) as floats.
 
         Raises:
-            FloatingPointError: the loss is NaN or infinite (``iteration`` is in the message).
+            NonFiniteLossError: the loss is NaN or infinite (before any weight changes).
         """
         with self.autocast():
             out = self.loss_fn(batch)
         losses = dict(out) if isinstance(out, Mapping) else {}
         loss = sum(losses.values()) if losses else out
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at iteration {iteration}: "
-                                     f"{ {k: v.item() for k, v in losses.items()} }")
+        check_finite_loss(loss, losses, iteration)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()

@@ -31,21 +31,40 @@ class CheckpointError(RuntimeError):
 
 
 def config_from_dict(cls: type[Config], values: Mapping[str, Any]) -> Config:
-    """The dataclass ``cls`` from a dict, rejecting unknown keys; lists become tuples where
-    fields are tuples (YAML has no tuples), strings become floats where fields are floats."""
+    """The dataclass ``cls`` from a dict, rejecting unknown keys and values of the wrong type
+    (naming the key); numbers written as strings (YAML 1.1 reads ``1e6`` as one) become numbers,
+    lists become tuples where fields are tuples (YAML has no tuples)."""
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise ValueError(f"unknown config keys {unknown}; known: {sorted(known)}")
-    fixed = {}
-    for k, v in values.items():
-        kind = known[k].type
-        if isinstance(v, list) and kind == "tuple":
-            v = tuple(v)
-        elif isinstance(v, str) and kind in ("float", "float | None"):
-            v = float(v)  # YAML 1.1 reads 1e-3 (no dot) as a string
-        fixed[k] = v
-    return cls(**fixed)
+    return cls(**{k: _typed_value(k, known[k].type, v) for k, v in values.items()})
+
+
+def _typed_value(key: str, type_name: str, value: Any) -> Any:
+    """``value`` as the field's type (a string of the dataclass's annotations, e.g. ``"float"``,
+    ``"float | None"``); ``ValueError`` naming the key if it is not one."""
+    kinds = [t.strip() for t in type_name.split("|")]
+    if value is None and "None" in kinds:
+        return None
+    kind = kinds[0]
+    if kind in ("int", "float") and isinstance(value, str):
+        try:  # "1e6", "1.0e-4": numbers YAML 1.1 leaves as strings
+            value = float(value) if kind == "float" else int(value)
+        except ValueError:
+            pass
+    if kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind == "int" and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if kind == "tuple" and isinstance(value, list):
+        return tuple(value)
+    expected = {"int": int, "float": float, "bool": bool, "str": str, "tuple": tuple,
+                "dict": dict}[kind]
+    if not isinstance(value, expected) or (kind in ("int", "float") and isinstance(value, bool)):
+        raise ValueError(f"config key {key!r} must be {type_name}, got {value!r} "
+                         f"({type(value).__name__})")
+    return value
 
 
 def load_yaml_config(cls: type[Config], path: str | Path | None,
@@ -156,13 +175,6 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: s
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint {source} does not fit model: {e}") from e
-
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write atomically (temporary file, then rename) so an interrupted save leaves the old one."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- metrics, plots

@@ -8,25 +8,50 @@ import os
 import weakref
 
 from detectron2.config import CfgNode, get_cfg
-from detectron2.engine import DefaultTrainer, default_setup
+from detectron2.data import DatasetMapper, build_detection_train_loader
+from detectron2.engine import AMPTrainer, DefaultTrainer, default_setup
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
 from detectron2.utils.events import EventWriter
 
 from ..checkpoint import SafeDetectionCheckpointer
 from ..detection import add_mvitv2_config
+from .data import GuardedMapper, report_checked_datasets
+from .guard import CheckedAMPTrainer, CheckedSimpleTrainer, train_saving_on_error
 from .progress import training_writers
 
 
 class Trainer(DefaultTrainer):
     """``DefaultTrainer`` evaluating with ``COCOEvaluator(..., use_fast_impl=False)``,
-    reading checkpoints with :class:`SafeDetectionCheckpointer` and printing the shared
-    progress line (:func:`~mvit_backbone.engine.progress.training_writers`)."""
+    reading and writing checkpoints with :class:`SafeDetectionCheckpointer`, printing the shared
+    progress line (:func:`~mvit_backbone.engine.progress.training_writers`), and stopping on bad
+    data or a non-finite loss as :mod:`~mvit_backbone.engine.guard` says.
+
+    ``skip_bad_data`` (set from ``--skip-bad-data`` before building): skip training images that
+    cannot be read instead of stopping."""
+
+    skip_bad_data = False
+    _mapper: GuardedMapper | None = None
 
     def __init__(self, cfg: CfgNode):
         super().__init__(cfg)
+        inner = self._trainer
+        checked = CheckedAMPTrainer if isinstance(inner, AMPTrainer) else CheckedSimpleTrainer
+        self._trainer = checked(inner.model, inner.data_loader, inner.optimizer)
         self.checkpointer = SafeDetectionCheckpointer(
             self.model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
         )
+
+    @classmethod
+    def build_train_loader(cls, cfg: CfgNode):
+        cls._mapper = GuardedMapper(DatasetMapper(cfg, is_train=True), cls.skip_bad_data)
+        return build_detection_train_loader(cfg, mapper=cls._mapper)
+
+    def train(self):
+        result = train_saving_on_error(super().train, self, self.checkpointer, self.start_iter)
+        if self._mapper is not None and self._mapper.skipped.count:
+            self.checkpointer.logger.warning(
+                f"skipped {self._mapper.skipped.count} training image(s) that could not be read")
+        return result
 
     def build_writers(self) -> list[EventWriter]:
         return training_writers(self.cfg.OUTPUT_DIR, self.max_iter, self.cfg.MODEL.DEVICE)
@@ -57,6 +82,9 @@ def run_yacs(args: argparse.Namespace) -> dict:
     names no test dataset.
     """
     cfg = setup_yacs(args)
+    if getattr(args, "check_data", False):
+        report_checked_datasets(list(cfg.DATASETS.TRAIN), args.skip_bad_data)
+    Trainer.skip_bad_data = getattr(args, "skip_bad_data", False)
     if args.eval_only:
         model = Trainer.build_model(cfg)
         SafeDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(

@@ -37,6 +37,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader, Subset
 
+from ..checkpoint import atomic_save
 from ..classification.models import create_model
 from ..data.video_synthetic import write_synthetic_videos
 from ..engine.loop import TrainLoop
@@ -45,7 +46,7 @@ from ..engine.optim import make_optimizer
 from ..engine.progress import Progress
 from ..engine.runs import (CheckpointError, DistInfo, all_reduce_sum, init_distributed,
                            load_model_state, load_training_checkpoint, load_yaml_config,
-                           plot_history, save_checkpoint, setup_run_logging)
+                           plot_history, setup_run_logging)
 from ..engine.schedule import recipe_lr_multiplier
 from .data import (DATASET_KINDS, KINETICS_MEAN, KINETICS_STD, TestClipTransform,
                    TrainClipTransform, VideoClipDataset, read_video_list)
@@ -309,9 +310,9 @@ class _Run:
             "history": history,
             "config": dataclasses.asdict(self.cfg),
         }
-        save_checkpoint(self.out / "checkpoint_last.pth", state)
+        atomic_save(state, self.out / "checkpoint_last.pth")
         if self.cfg.checkpoint_period and (epoch + 1) % self.cfg.checkpoint_period == 0:
-            save_checkpoint(self.out / f"checkpoint_{epoch + 1:04d}.pth", state)
+            atomic_save(state, self.out / f"checkpoint_{epoch + 1:04d}.pth")
 
     def _write_history(self, history: list[dict[str, Any]], tb) -> None:
         rec = history[-1]

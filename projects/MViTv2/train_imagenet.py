@@ -16,7 +16,9 @@ from pathlib import Path
 
 import yaml
 
-from mvit_backbone.classification.train import load_config, run
+from mvit_backbone.classification.train import CheckpointError, load_config, run
+from mvit_backbone.data.checks import DatasetError
+from mvit_backbone.engine.loop import TrainingStopped
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "synthetic.yaml"
 
@@ -33,8 +35,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="continue from PATH, or from OUTPUT_DIR/checkpoint_last.pth if no PATH")
     p.add_argument("--eval-only", action="store_true",
                    help="evaluate the --resume checkpoint (or --weights) with both protocols")
+    p.add_argument("--check-data", action="store_true",
+                   help="decode every image before training (broken ones: error, or skipped)")
+    p.add_argument("--skip-bad-data", action="store_true",
+                   help="skip images that cannot be read (a warning each, a count at the end)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config field; VALUE is parsed as YAML (repeatable)")
+                   help="override any config field; VALUE is parsed as YAML, numbers such as 1e6 "
+                        "as numbers; a value of the wrong type is an error (repeatable)")
     return p.parse_args(argv)
 
 
@@ -43,12 +50,17 @@ def main(argv: list[str] | None = None) -> None:
     overrides = {k.replace("-", "_"): v for k, v in (
         ("data_dir", args.data_dir), ("output_dir", args.output_dir), ("epochs", args.epochs),
         ("batch_size", args.batch_size), ("weights", args.weights)) if v is not None}
+    overrides.update({k: True for k in ("check_data", "skip_bad_data") if getattr(args, k)})
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
         overrides[key.strip()] = yaml.safe_load(value)
-    run(load_config(args.config, overrides), resume=args.resume, eval_only=args.eval_only)
+    try:
+        cfg = load_config(args.config, overrides)
+        run(cfg, resume=args.resume, eval_only=args.eval_only)
+    except (ValueError, DatasetError, CheckpointError, TrainingStopped) as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":
