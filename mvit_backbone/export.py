@@ -89,10 +89,10 @@ def onnx_max_abs_error(path: str, model: nn.Module, inputs: Sequence[torch.Tenso
     return worst
 
 
-def load_weights_for_export(model: nn.Module, path: str) -> str:
+def load_weights_for_export(model: nn.Module, path: str):
     """Load ``path`` (any format :func:`mvit_backbone.load_checkpoint` reads: ours, official,
     timm, a detectron2 detector's ``backbone.bottom_up.*``) into ``model``; returns the
-    load report as text.
+    :class:`~mvit_backbone.checkpoint.LoadReport` (also logged).
 
     Raises:
         ValueError: the file cannot be read, or leaves weights of the model unset (it was made
@@ -104,4 +104,4 @@ def load_weights_for_export(model: nn.Module, path: str) -> str:
     if report.missing:
         raise ValueError(f"weights {path} do not fit the model: {len(report.missing)} tensors "
                          f"missing, e.g. {', '.join(report.missing[:3])}")
-    return str(report)
+    return report

@@ -9,8 +9,6 @@ trained model's on a typical COCO image. The default (1024x1024, 100 detections)
 MViTv2 paper's Table 5 for detectron2's own MViT. With several configs it prints one line per
 config (the parameter table only for a single config).
 """
-from detectron2.config import get_cfg
-
 from mvit_backbone import add_mvitv2_config
 from mvit_backbone.engine import count_flops, count_parameters, parameter_table
 from mvit_backbone.engine.analysis import TABLE5_DETECTIONS, TABLE5_INPUT
@@ -33,6 +31,8 @@ def load_config(path: str, opts: list[str]):
     """A LazyConfig (``.py``) or a yacs config with ``cfg.MODEL.MVITV2``, overrides applied."""
     if path.endswith(".py"):
         return load_lazy_config(path, opts)
+    from detectron2.config import get_cfg
+
     check_file(path, "config file")
     cfg = add_mvitv2_config(get_cfg())
     cfg.merge_from_file(path)

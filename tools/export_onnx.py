@@ -72,7 +72,7 @@ def main(args) -> None:
     torch.manual_seed(0)
     model, name = build(args)
     if args.weights:
-        print(load_weights_for_export(model, args.weights))
+        load_weights_for_export(model, args.weights)
     height, width = args.size[0], args.size[-1]
     out = args.out or os.path.join("output", "onnx", f"{name}_{height}x{width}.onnx")
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)

@@ -8,8 +8,6 @@ the demo config registers its synthetic shapes itself. Without a GPU a config wh
 """
 from functools import partial
 
-from detectron2.engine import default_setup
-
 from mvit_backbone.engine import argument_parser, do_eval_only, do_train, launch_main
 from mvit_backbone.engine.cli import (
     HelpFormatter,
@@ -25,6 +23,8 @@ EXAMPLE = ("tools/lazyconfig_train_net.py --config-file configs/COCO-InstanceSeg
 
 
 def main(args):
+    from detectron2.engine import default_setup
+
     cfg = load_lazy_config(args.config_file, args.opts)
     use_cpu_without_gpu(cfg)
     register_config_datasets(cfg)
