@@ -217,7 +217,7 @@ def merge_yacs_overrides(cfg: Any, opts: Sequence[str]) -> None:
         cfg.merge_from_list(list(opts))
     except (KeyError, AssertionError) as e:
         message = error_message(e)
-        if not message.startswith("Non-existent config key"):
+        if not message.startswith("Non-existent"):  # yacs: "Non-existent key: A.B.C"
             raise UserError(f"config overrides: {message}") from e
         key = message.split(":", 1)[1].strip()
         parent_path, _, leaf = key.rpartition(".")
