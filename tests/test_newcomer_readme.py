@@ -22,6 +22,7 @@ CHEAP: dict[str, list[str]] = {
     ".venv/bin/python tools/predict.py --config-file configs/Demo/": TINY_DEMO,
     f"{DEMO} --eval-only": TINY_DEMO,
     f"{DEMO} --resume": TINY_DEMO + ["train.max_iter=4"],
+    f"{DEMO} train.output_dir=": TINY_DEMO + ["train.max_iter=2"],
     ".venv/bin/python tools/analyze_model.py --config-file configs/Demo/": [],
     ".venv/bin/python tools/export_onnx.py --config-file configs/Demo/": [],
 }

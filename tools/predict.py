@@ -52,6 +52,6 @@ if __name__ == "__main__":
     parser.add_argument("--register-coco", nargs=3, action="append", default=[],
                         metavar=("NAME", "JSON", "IMAGE_DIR"),
                         help="register a COCO-format dataset (for its class names; repeatable)")
-    parser.add_argument("inputs", nargs="+", metavar="IMAGE [key=value]",
-                        help="image files, then config overrides key=value")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="image files, then config overrides key=value (e.g. train.device=cpu)")
     run_tool(main, parser.parse_args())
