@@ -112,15 +112,15 @@ def _run_tool(script: str, argv: list[str], monkeypatch) -> None:
 
 
 def _lazy_args(tiny_coco: Path, out: Path, *extra: str) -> list[str]:
-    return ["--config-file", str(REPO / DETECTOR_CONFIG),
+    return ["--config-file", str(REPO / DETECTOR_CONFIG), "--debug",
             "--register-coco", "ckpt_tiny", str(tiny_coco / "instances.json"), str(tiny_coco),
             *extra, *SLIM_DETECTOR, f"train.output_dir={out}", "train.max_iter=1"]
 
 
 def test_predict_tool_refuses(tmp_path, marker, tiny_coco, monkeypatch):
     weights = write_hostile(tmp_path / "model_final.pth", marker, "zip")
-    argv = ["--config-file", str(REPO / DETECTOR_CONFIG), "--weights", str(weights),
-            "--output", str(tmp_path / "out"), str(tiny_coco / "0.jpg"), "--opts", *SLIM_DETECTOR]
+    argv = ["--config-file", str(REPO / DETECTOR_CONFIG), "--weights", str(weights), "--debug",
+            "--output", str(tmp_path / "out"), str(tiny_coco / "0.jpg"), *SLIM_DETECTOR]
     with pytest.raises(CheckpointReadError, match="model_final.pth is refused"):
         _run_tool("tools/predict.py", argv, monkeypatch)
     assert not marker.exists()

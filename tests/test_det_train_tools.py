@@ -164,8 +164,8 @@ def test_det_predict_writes_pngs(resumed_run, tiny_coco):
     images = sorted(os.path.join(image_dir, n) for n in os.listdir(image_dir))
     written = predict_images(cfg, os.path.join(out, "model_final.pth"), images,
                              os.path.join(out, "pred"), score_thresh=0.0)
-    assert [os.path.basename(p) for p in written] == ["000.png", "001.png"]
-    for path, source in zip(written, images):
+    assert [os.path.basename(p.png) for p in written] == ["000.png", "001.png"]
+    for path, source in zip([p.png for p in written], images):
         drawn, original = np.asarray(Image.open(path)), np.asarray(Image.open(source))
         assert drawn.shape == original.shape
         assert np.abs(drawn.astype(int) - original.astype(int)).mean() > 1  # something drawn

@@ -2,15 +2,14 @@
 with --timm our MViTv2-T classifier against timm's mvitv2_tiny. The logic is in
 mvit_backbone.benchmark.
 
-Examples (docs/BENCHMARKS.md lists every command it reports):
-    .venv/bin/python tools/benchmark_backbone.py --variants T B --sizes 512 1024 --batches 1 \
-        --out docs/benchmarks/mvitv2_TB_512_1024_b1_cpu
+Results go to --out (.md, .json, .png; default under output/, which git ignores);
+docs/BENCHMARKS.md lists every command it reports, e.g.
     .venv/bin/python tools/benchmark_backbone.py --timm --out docs/benchmarks/mvitv2_t_vs_timm_224_cpu
 """
 from __future__ import annotations
 
-import argparse
 import json
+import logging
 import os
 from dataclasses import asdict
 
@@ -33,6 +32,9 @@ from mvit_backbone.benchmark import (
     timm_markdown,
     to_markdown,
 )
+from mvit_backbone.engine.cli import run_tool, tool_parser
+
+logger = logging.getLogger("mvit_backbone.benchmark")
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -40,19 +42,26 @@ def _size(text: str) -> tuple[int, int]:
     return int(h), int(w or h)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+EXAMPLE = ("tools/benchmark_backbone.py --variants T B --sizes 512 1024 --batches 1 "
+           "--out docs/benchmarks/mvitv2_TB_512_1024_b1_cpu")
+
+
+def parse_args():
+    p = tool_parser(__doc__, EXAMPLE, config_file="none", opts=False)
     p.add_argument("--variants", nargs="+", default=["T"], help="MViTv2 variants: T S B L H")
     p.add_argument("--sizes", nargs="+", type=_size, default=[(512, 512), (1024, 1024), (800, 1333)],
                    help="HxW or S (square)")
-    p.add_argument("--batches", nargs="+", type=int, default=[1, 2])
-    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    p.add_argument("--batches", nargs="+", type=int, default=[1, 2], help="batch sizes")
+    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
+                   help="inference (fwd) and/or a training step (fwd+bwd)")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats per model (median)")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cuda or cpu")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--memory-only", action="store_true", help="skip the timings")
-    p.add_argument("--out", default="benchmark_backbone", help="output prefix: .md, .png, .json")
+    p.add_argument("--out", default="output/benchmark_backbone",
+                   help="output prefix: .md, .png, .json")
     p.add_argument("--compile", action="store_true",
                    help="instead: eager vs torch.compile forward of ours at the first size/batch")
     p.add_argument("--kernels", action="store_true",
@@ -73,7 +82,13 @@ def main() -> None:
                    help="glibc keeps freed memory for reuse (no mmap, no trim) in this process, "
                         "so the timings carry no page-fault cost for either model; peak memory "
                         "is still measured in fresh default subprocesses")
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def main(args) -> None:
+    if args.repeats < 3:
+        logger.warning("--repeats %d: a median of fewer than 3 timed repeats is mostly noise; "
+                       "use 3 or more for figures worth comparing", args.repeats)
 
     if args.keep_freed_memory:
         keep_freed_memory()
@@ -138,4 +153,4 @@ def _write_outputs(prefix: str, table: str, results: list) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main, parse_args())

@@ -12,33 +12,31 @@ detectron2's ``DetectionCheckpointer`` loads into a model with ``detectron2.mode
 ``--to timm`` timm's ``mvitv2_*`` names. The output type follows the suffix of ``-o``
 (default: ``<input>_<layout>.safetensors``; ``.pth`` for detectron2).
 """
-import argparse
 import os
 
 from mvit_backbone.checkpoint.convert import LAYOUTS, convert_checkpoint
+from mvit_backbone.engine.cli import run_tool, tool_parser
 
 PROGRESS_FROM_BYTES = 64 * 2**20
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("input", help="checkpoint to convert")
-    parser.add_argument("--to", choices=LAYOUTS, default="ours", help="layout to write")
-    parser.add_argument("-o", "--output", help="file to write; its suffix picks the file type")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = parser.parse_args()
+def main(args) -> None:
     output = args.output or "{}_{}{}".format(
         os.path.splitext(args.input)[0], args.to, ".pth" if args.to == "detectron2" else ".safetensors")
     progress = (not args.no_progress and os.path.isfile(args.input)
                 and os.path.getsize(args.input) >= PROGRESS_FROM_BYTES)
-    try:
-        summary = convert_checkpoint(args.input, output, to=args.to, progress=progress)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
+    summary = convert_checkpoint(args.input, output, to=args.to, progress=progress)
     print(f"wrote {summary['path']}: {summary['tensors']} tensors, {summary['bytes']} bytes "
           f"({summary['source_layout']} -> {summary['layout']})")
 
 
 if __name__ == "__main__":
-    main()
+    parser = tool_parser(__doc__, "tools/convert_checkpoint.py model_final.pth --to detectron2 "
+                                  "-o d2_model.pth", config_file="none", opts=False)
+    parser.add_argument("input", help="checkpoint to convert")
+    parser.add_argument("--to", choices=LAYOUTS, default="ours", help="layout to write")
+    parser.add_argument("-o", "--output",
+                        help="file to write; its suffix picks the file type (default: "
+                             "<input>_<layout>.safetensors, .pth for detectron2)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run_tool(main, parser.parse_args())

@@ -6,24 +6,25 @@ Makes the shipped weights/mvitv2_demo_shapes_pretrain.pth with its defaults:
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
 
 import torch
 
+from mvit_backbone.engine.cli import tool_parser
 from mvit_backbone.engine.demo import DEFAULT_WEIGHTS, PretrainConfig, pretrain_backbone
 
 
 def main() -> None:
     defaults = PretrainConfig()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = tool_parser(__doc__, "tools/demo_pretrain.py --out weights/mvitv2_demo_shapes_pretrain.pth",
+                         config_file="none", opts=False)
     parser.add_argument("--out", default=DEFAULT_WEIGHTS, help="output checkpoint path")
-    parser.add_argument("--iters", type=int, default=defaults.iters)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--lr", type=float, default=defaults.lr)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--iters", type=int, default=defaults.iters, help="training iterations")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="scenes per step")
+    parser.add_argument("--lr", type=float, default=defaults.lr, help="AdamW learning rate")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed")
     parser.add_argument("--workers", type=int, default=1, help="data-rendering processes")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1 is fastest on a shared 2-core machine)")

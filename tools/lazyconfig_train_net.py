@@ -1,28 +1,35 @@
 #!/usr/bin/env python
-"""Train or evaluate a LazyConfig detector (configs/COCO-*/), on one or many processes.
-
-    python tools/lazyconfig_train_net.py --config-file configs/COCO-InstanceSegmentation/\
-mask_rcnn_mvitv2_t_3x.py --num-gpus 8 [--resume] [--eval-only] [key=value ...]
-
-Processes are started by detectron2's ``launch`` (NCCL on GPUs, gloo on CPUs; ``--num-gpus``
-is the number of processes per machine). ``--register-coco NAME JSON IMAGE_DIR`` registers a
-COCO-format dataset, to be named in ``dataloader.train.dataset.names=NAME`` etc.
+"""Train or evaluate a LazyConfig detector (configs/COCO-*/, configs/Demo/), on one or many
+processes. Processes are started by detectron2's ``launch`` (NCCL on GPUs, gloo on CPUs;
+``--num-gpus`` is the number of processes per machine). ``--register-coco NAME JSON IMAGE_DIR``
+registers a COCO-format dataset, to be named in ``dataloader.train.dataset.names=NAME`` etc.;
+the demo config registers its synthetic shapes itself. Without a GPU a config whose
+``train.device`` is cuda runs on the CPU.
 ``--check-data`` decodes every training image first; ``--skip-bad-data`` skips broken data.
 """
-from detectron2.config import LazyConfig
-from detectron2.engine import default_setup
+from functools import partial
 
-from mvit_backbone.engine import (
-    apply_overrides,
-    argument_parser,
-    do_eval_only,
-    do_train,
-    launch_main,
+from mvit_backbone.engine import argument_parser, do_eval_only, do_train, launch_main
+from mvit_backbone.engine.cli import (
+    HelpFormatter,
+    check_datasets_registered,
+    load_lazy_config,
+    register_config_datasets,
+    run_tool,
+    use_cpu_without_gpu,
 )
+
+EXAMPLE = ("tools/lazyconfig_train_net.py --config-file configs/COCO-InstanceSegmentation/"
+           "mask_rcnn_mvitv2_t_3x.py --num-gpus 8 train.init_checkpoint=/path/MViTv2_T_in1k.pyth")
 
 
 def main(args):
-    cfg = apply_overrides(LazyConfig.load(args.config_file), args.opts)
+    from detectron2.engine import default_setup
+
+    cfg = load_lazy_config(args.config_file, args.opts)
+    use_cpu_without_gpu(cfg)
+    register_config_datasets(cfg)
+    check_datasets_registered(cfg, ("test",) if args.eval_only else ("train", "test"))
     default_setup(cfg, args)
     if args.eval_only:
         do_eval_only(cfg)
@@ -32,4 +39,10 @@ def main(args):
 
 
 if __name__ == "__main__":
-    launch_main(main, argument_parser().parse_args())
+    parser = argument_parser()
+    parser.description, parser.formatter_class = __doc__, HelpFormatter
+    parser.epilog = f"example:\n  {EXAMPLE}"
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error instead of one line")
+    args = parser.parse_args()
+    run_tool(partial(launch_main, main), args)

@@ -35,6 +35,7 @@ import torch.nn as nn
 
 from ..checkpoint import load_checkpoint
 from ..data.coco_synthetic import ShapesConfig, render_scene
+from .cli import load_lazy_config
 from .loop import TrainLoop
 from .memory import PeakMemoryMeter
 from .optim import param_groups
@@ -64,6 +65,7 @@ DEMO_PIXEL_MEAN: tuple[float, float, float] = (103.530, 116.280, 123.675)
 DEMO_PIXEL_STD: tuple[float, float, float] = (57.375, 57.120, 58.395)
 DEFAULT_WEIGHTS = "weights/mvitv2_demo_shapes_pretrain.pth"
 DEFAULT_CONFIG = "configs/Demo/mask_rcnn_mvitv2_demo.py"
+DEFAULT_OUTPUT_DIR = "output/demo"  # the config's train.output_dir
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,7 +263,7 @@ def freeze_parameters(module: nn.Module, prefixes: Sequence[str]) -> int:
 
 
 def train_for_budget(cfg, model: nn.Module, seconds: float, max_iter: int | None = None,
-                     output_dir: str | os.PathLike | None = None) -> dict:
+                     output_dir: str | os.PathLike | None = None) -> tuple[dict, torch.optim.Optimizer]:
     """Train ``model`` with ``cfg.optimizer``/``cfg.lr_multiplier``/``cfg.dataloader.train``
     for about ``seconds`` of wall-clock time, through the shared :class:`TrainLoop`.
 
@@ -270,7 +272,7 @@ def train_for_budget(cfg, model: nn.Module, seconds: float, max_iter: int | None
     load changes; ``max_iter`` fixes the count instead (tests). Metrics go to detectron2's
     ``EventStorage`` and, with ``output_dir``, to ``metrics.json`` through ``JSONWriter``
     (``total_loss``, each loss, ``lr``, ``time``, ``data_time``).
-    Returns {"iters": ..., "seconds": ..., "sec_per_iter": ...}.
+    Returns {"iters": ..., "seconds": ..., "sec_per_iter": ...} and the optimizer.
     """
     from detectron2.config import instantiate
     from detectron2.utils.events import EventStorage, JSONWriter
@@ -301,7 +303,88 @@ def train_for_budget(cfg, model: nn.Module, seconds: float, max_iter: int | None
         if json_writer:
             json_writer.close()
     return {"iters": stats["iters"], "seconds": round(stats["seconds"], 1),
-            "sec_per_iter": round(stats["seconds"] / max(stats["iters"], 1), 3)}
+            "sec_per_iter": round(stats["seconds"] / max(stats["iters"], 1), 3)}, optimizer
+
+
+def save_final_checkpoint(cfg, model: nn.Module, optimizer: torch.optim.Optimizer, iters: int,
+                          output_dir: str | os.PathLike) -> Path:
+    """Write ``<output_dir>/model_final.pth`` and ``last_checkpoint`` in the layout of
+    detectron2's trainer, so that ``tools/lazyconfig_train_net.py --resume`` continues from
+    iteration ``iters`` and ``--eval-only`` / ``tools/predict.py`` load the model.
+
+    The file holds ``{"model", "trainer": {"iteration", "optimizer"}}``. The optimizer state is
+    that of ``cfg.optimizer`` built over every parameter (the one the training tool builds,
+    frozen parameters included, which start with fresh moments), each trained parameter keeping
+    its AdamW moments; ``initial_lr`` is the base learning rate, as a resumed scheduler expects.
+    """
+    from detectron2.config import instantiate
+
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(True)
+    cfg.optimizer.params.model = model
+    full = instantiate(cfg.optimizer)
+    for p in frozen:
+        p.requires_grad_(False)
+    for p, state in optimizer.state.items():
+        full.state[p] = state
+    for group in full.param_groups:
+        group["initial_lr"] = group["lr"]
+    path = Path(output_dir) / "model_final.pth"
+    torch.save({"model": model.state_dict(),
+                "trainer": {"iteration": iters - 1, "optimizer": full.state_dict()}}, path)
+    (Path(output_dir) / "last_checkpoint").write_text(path.name)
+    return path
+
+
+def register_demo_datasets(cfg, validate: bool = True) -> dict[str, str]:
+    """Write (when missing or stale) and register the demo's synthetic shapes splits named by
+    the config's ``demo`` section; returns split -> registered dataset name."""
+    from ..data.coco_synthetic import register_synthetic_coco
+
+    demo = cfg.demo
+    splits = {k: tuple(v) for k, v in demo.splits.items()}
+    return register_synthetic_coco(demo.dataset_root, splits, demo.dataset_prefix,
+                                   validate=validate)
+
+
+def next_commands(config: str | os.PathLike, output_dir: str | os.PathLike,
+                  overrides: Sequence[str], iters: int, sec_per_iter: float,
+                  images: Sequence[str]) -> list[tuple[str, str]]:
+    """The commands that continue from a finished demo run, as (what it does, command line):
+    predictions on images, evaluation of the saved model, resuming for as many iterations
+    again, and the analysis tool. ``overrides`` (the demo's own ``key=value`` list) are repeated
+    so that each command sees the same config."""
+    import shlex
+    import sys
+
+    python = os.path.relpath(sys.executable)
+    python = sys.executable if python.startswith("..") else python
+    weights = Path(output_dir) / "model_final.pth"
+    extra = list(overrides)
+    if (Path(output_dir) != Path(DEFAULT_OUTPUT_DIR)
+            and not any(o.startswith("train.output_dir=") for o in extra)):
+        extra.append(f"train.output_dir={output_dir}")
+
+    def line(tool: str, *args: str) -> str:
+        return " ".join(shlex.quote(a) for a in (python, tool, "--config-file", str(config),
+                                                 *args, *extra))
+
+    longer = 2 * iters
+    return [
+        ("draw predictions on your own images (one PNG each)",
+         line("tools/predict.py", "--weights", str(weights), "--output",
+              str(Path(output_dir) / "predict"), *images)),
+        ("evaluate the saved model (COCO AP, pycocotools)",
+         line("tools/lazyconfig_train_net.py", "--eval-only",
+              f"train.init_checkpoint={weights}")),
+        (f"resume for longer: iterations {iters} to {longer} "
+         f"(about {max(1, round((longer - iters) * sec_per_iter / 60))} min)",
+         line("tools/lazyconfig_train_net.py", "--resume", f"train.max_iter={longer}")),
+        ("parameters and FLOPs of the model",
+         line("tools/analyze_model.py", "--tasks", "parameter", "flop", "--flop-input",
+              "208x277")),
+    ]
 
 
 @torch.no_grad()
@@ -368,28 +451,24 @@ def run_demo(config: str | os.PathLike = DEFAULT_CONFIG, minutes: float = 13.0,
     Returns a dict with "bbox"/"segm" (COCO metrics), "train" (iterations, seconds), "png",
     "seconds" (wall time) and the config path; also written to ``<output_dir>/results.json``.
     """
-    from detectron2.config import LazyConfig, instantiate
+    from detectron2.config import instantiate
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.evaluation import inference_on_dataset
     from detectron2.utils.logger import setup_logger
-
-    from ..data.coco_synthetic import register_synthetic_coco
 
     start = time.perf_counter()
     budget = minutes * 60.0
     setup_logger(name="mvit_backbone")
     setup_logger(name="detectron2", abbrev_name="d2")
-    cfg = LazyConfig.load(str(config))
-    cfg = LazyConfig.apply_overrides(cfg, list(overrides))
+    cfg = load_lazy_config(str(config), overrides)
     output_dir = Path(output_dir or cfg.train.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.train.get("seed", 0))
 
     demo = cfg.demo
-    splits = {k: tuple(v) for k, v in demo.splits.items()}
-    names = register_synthetic_coco(demo.dataset_root, splits, demo.dataset_prefix)
+    names = register_demo_datasets(cfg)
     logger.info("dataset ready in %.1fs: %s under %s", time.perf_counter() - start,
-                {k: v[0] for k, v in splits.items()}, demo.dataset_root)
+                {k: v[0] for k, v in demo.splits.items()}, demo.dataset_root)
 
     model = instantiate(cfg.model)
     weights = None
@@ -415,8 +494,9 @@ def run_demo(config: str | os.PathLike = DEFAULT_CONFIG, minutes: float = 13.0,
         if train_seconds < 30:
             raise ValueError(f"{minutes} minutes leave {train_seconds:.0f}s to train; "
                              "give more minutes")
-    train_stats = train_for_budget(cfg, model, train_seconds, max_iter=max_iter,
-                                   output_dir=output_dir)
+    train_stats, optimizer = train_for_budget(cfg, model, train_seconds, max_iter=max_iter,
+                                              output_dir=output_dir)
+    checkpoint = save_final_checkpoint(cfg, model, optimizer, train_stats["iters"], output_dir)
     logger.info("trained %d iterations in %.0fs (%.2fs/iter)", train_stats["iters"],
                 train_stats["seconds"], train_stats["sec_per_iter"])
 
@@ -432,8 +512,12 @@ def run_demo(config: str | os.PathLike = DEFAULT_CONFIG, minutes: float = 13.0,
         "train": train_stats,
         "pretrained": weights is not None,
         "png": str(png),
+        "checkpoint": str(checkpoint),
         "seconds": round(time.perf_counter() - start, 1),
         "load_average": os.getloadavg(),
+        "next": next_commands(config, output_dir, overrides, train_stats["iters"],
+                              train_stats["sec_per_iter"],
+                              [d["file_name"] for d in val_dicts[:2]]),
     }
     (output_dir / "results.json").write_text(json.dumps(summary, indent=2))
     logger.info("bbox AP %.1f  segm AP %.1f  (%d val images)  predictions: %s  total %.0fs",

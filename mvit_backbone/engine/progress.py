@@ -102,6 +102,8 @@ class ProgressWriter(EventWriter):
 
     def write(self) -> None:
         storage = get_event_storage()
+        if storage.iter >= self.max_iter:  # the flush after training: the last line is printed
+            return
         latest = storage.latest()
         metrics = {k: storage.history(k).median(self.window) for k in sorted(latest) if "loss" in k}
         if "lr" in latest:

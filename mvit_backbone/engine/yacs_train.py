@@ -15,6 +15,7 @@ from detectron2.utils.events import EventWriter
 
 from ..checkpoint import SafeDetectionCheckpointer
 from ..detection import add_mvitv2_config
+from .cli import check_file, merge_yacs_overrides, use_cpu_without_gpu
 from .data import GuardedMapper, report_checked_datasets
 from .guard import CheckedAMPTrainer, CheckedSimpleTrainer, train_saving_on_error
 from .progress import training_writers
@@ -65,11 +66,14 @@ class Trainer(DefaultTrainer):
 
 def setup_yacs(args: argparse.Namespace) -> CfgNode:
     """detectron2's config with ``MODEL.MVITV2``, merged with ``args.config_file`` and
-    ``args.opts``, frozen, after detectron2's ``default_setup`` (logging, output dir, seed)."""
+    ``args.opts`` (an unknown key is a one-line error), on the CPU when there is no GPU,
+    frozen, after detectron2's ``default_setup`` (logging, output dir, seed)."""
     cfg = get_cfg()
     add_mvitv2_config(cfg)
+    check_file(args.config_file, "config file")
     cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    merge_yacs_overrides(cfg, args.opts)
+    use_cpu_without_gpu(cfg)
     cfg.freeze()
     default_setup(cfg, args)
     return cfg
