@@ -48,7 +48,8 @@ class MViT(MViTTrunk, Backbone):
         for name, (tokens, shape) in zip(self._stage_names, self.forward_stages(x)):
             if name in self._out_features:
                 tokens = getattr(self, f"{name}_norm")(tokens)
-                outputs[name] = tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *shape)
+                batch, _, channels = tokens.shape  # explicit sizes: a batch of 0 has no -1
+                outputs[name] = tokens.transpose(1, 2).reshape(batch, channels, *shape)
         return outputs
 
     def output_shape(self) -> dict[str, ShapeSpec]:
