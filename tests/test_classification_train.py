@@ -21,10 +21,10 @@ from mvit_backbone.classification.train import (
     TrainConfig,
     load_config,
     lr_multiplier,
-    param_groups,
     run,
 )
 from mvit_backbone.data.image_folder import write_synthetic_image_folder
+from mvit_backbone.engine.optim import param_groups
 
 REPO = Path(__file__).resolve().parents[1]
 ENTRY = REPO / "projects" / "MViTv2" / "train_imagenet.py"
