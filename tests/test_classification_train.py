@@ -21,9 +21,9 @@ from mvit_backbone.classification.train import (
     TrainConfig,
     load_config,
     lr_multiplier,
-    param_groups,
     run,
 )
+from mvit_backbone.engine.optim import param_groups
 from mvit_backbone.data.image_folder import write_synthetic_image_folder
 
 REPO = Path(__file__).resolve().parents[1]
