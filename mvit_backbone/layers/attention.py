@@ -90,6 +90,8 @@ class AttentionConfig:
     use_rel_pos: decomposed relative position tables ``rel_pos_{t,h,w}`` sized for
         ``input_size`` (the block's input grid), interpolated to other sizes at run time.
     num_prefix: class tokens in front of the grid tokens (0 or 1).
+    pool_stride_one: Q, K or V with stride 1 still go through their pooling operator (MViTv2);
+        False: they are not pooled (no operator, no parameters), as in a plain ViT block.
     """
 
     num_heads: int = 1
@@ -106,6 +108,7 @@ class AttentionConfig:
     rel_pos_zero_init: bool = True
     input_size: tuple[int, ...] | None = None
     num_prefix: int = 0
+    pool_stride_one: bool = True
 
     def __post_init__(self) -> None:
         ndim = len(self.pool_kernel)
@@ -134,13 +137,17 @@ def make_pool(
     stride: Sequence[int],
     mode: str,
     norm_layer: Callable[[int], nn.Module],
+    pool_stride_one: bool = True,
 ) -> tuple[nn.Module, nn.Module | None]:
     """The pooling operator and its norm for one of Q, K, V.
 
     ``mode="conv"``: depthwise conv shared by all heads, then LayerNorm (MViTv2);
-    ``"max"``/``"avg"``: parameter-free pooling, no norm (MViTv1 options).
+    ``"max"``/``"avg"``: parameter-free pooling, no norm (MViTv1 options); ``nn.Identity``
+    and no norm where the stride is 1 and ``pool_stride_one`` is False.
     """
     ndim = len(kernel)
+    if not pool_stride_one and all(s == 1 for s in stride):
+        return nn.Identity(), None
     padding = [k // 2 for k in kernel]
     if mode == "conv":
         conv = nn.Conv2d if ndim == 2 else nn.Conv3d
@@ -171,13 +178,15 @@ def attention_pool(
     The class token bypasses the pooling and rejoins before the norm (as in the official code).
     Returns G tensors (B, num_prefix + prod(pooled shape), heads, C) and the pooled grid shape.
     """
+    first = pools[0]
+    if isinstance(first, nn.Identity):  # unpooled (``pool_stride_one=False``)
+        return list(x.unbind(2)), tuple(shape)
     b = x.shape[0]
     groups, heads, c = x.shape[2:]
     # split, not slices: a slice's backward fills a zero gradient of the whole tensor
     prefix, grid = x.split([num_prefix, x.shape[1] - num_prefix], dim=1) if num_prefix else (x, x)
     # (B, *shape, channels) is channels-last: the depthwise conv reads it without a transpose
     grid = grid.reshape(b, *shape, groups * heads * c).movedim(-1, 1)
-    first = pools[0]
     if isinstance(first, (nn.Conv2d, nn.Conv3d)):
         ones = (1,) * (first.weight.dim() - 1)
         weight = torch.cat([p.weight.repeat(heads, *ones) for p in pools])
@@ -224,9 +233,11 @@ class MultiScaleAttention(nn.Module):
         self.proj = nn.Linear(dim_out, dim_out)
         # The official layout: pool_q/norm_q, pool_k/norm_k, pool_v/norm_v directly on the module.
         pool = (head_dim, cfg.pool_kernel)
-        self.pool_q, self.norm_q = make_pool(*pool, cfg.stride_q, cfg.pool_mode, norm_layer)
-        self.pool_k, self.norm_k = make_pool(*pool, cfg.stride_kv, cfg.pool_mode, norm_layer)
-        self.pool_v, self.norm_v = make_pool(*pool, cfg.stride_kv, cfg.pool_mode, norm_layer)
+        q_pool, kv_pool = ((stride, cfg.pool_mode, norm_layer, cfg.pool_stride_one)
+                           for stride in (cfg.stride_q, cfg.stride_kv))
+        self.pool_q, self.norm_q = make_pool(*pool, *q_pool)
+        self.pool_k, self.norm_k = make_pool(*pool, *kv_pool)
+        self.pool_v, self.norm_v = make_pool(*pool, *kv_pool)
 
         self.window_size = cfg.window_size
         if cfg.window_size:
