@@ -2,10 +2,13 @@
 
 ``backbone``: ``mvit_backbone.MViT`` against ``detectron2.modeling.MViT`` (time, peak memory,
 saved activations, page faults, kernel floor, attention and Linear kernels, compile);
-``classifier``: our MViTv2 classifiers against timm's. ``tools/benchmark_backbone.py`` is the
-command line; ``python -m mvit_backbone.benchmark SPEC`` is the fresh process of one peak-memory
-measurement.
+``classifier``: our MViTv2 classifiers against timm's; ``attention``: attention mechanisms side by
+side (MViTv2 Table 4; rows in ``ATTENTION_VARIANTS``); ``attention_distance``: the mean attention
+distance per head (MViTv1 Fig. A.6). ``tools/benchmark_backbone.py`` and
+``tools/benchmark_attention.py`` are the command lines; ``python -m mvit_backbone.benchmark SPEC``
+is the fresh process of one peak-memory measurement.
 """
+from .attention import ATTENTION_VARIANTS, DETECTION_OVERRIDES, AttentionResult, run_attention_benchmark
 from .backbone import (
     FLOOR_KERNELS,
     LINEAR_SHAPES,
@@ -21,6 +24,7 @@ from .backbone import (
     kernel_floor,
     linear_kernels,
     measure_peak_memory,
+    memory_subprocess,
     page_faults,
     peak_memory_subprocess,
     plot,
@@ -28,6 +32,7 @@ from .backbone import (
     run_benchmark,
     run_step,
     saved_activation_mib,
+    step_peak_memory,
     time_pair,
     to_markdown,
 )
@@ -41,6 +46,9 @@ from .classifier import (
 )
 
 __all__ = [
+    "ATTENTION_VARIANTS",
+    "AttentionResult",
+    "DETECTION_OVERRIDES",
     "CLASSIFIER_BATCHES",
     "FLOOR_KERNELS",
     "LINEAR_SHAPES",
@@ -59,14 +67,17 @@ __all__ = [
     "kernel_floor",
     "linear_kernels",
     "measure_peak_memory",
+    "memory_subprocess",
     "page_faults",
     "peak_memory_subprocess",
     "plot",
     "reference_kwargs",
+    "run_attention_benchmark",
     "run_benchmark",
     "run_step",
     "run_timm_benchmark",
     "saved_activation_mib",
+    "step_peak_memory",
     "time_pair",
     "timm_markdown",
     "to_markdown",
