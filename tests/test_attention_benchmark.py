@@ -80,12 +80,14 @@ def test_windows_scale_with_the_training_image():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # five fresh processes each building and training a full model
 def test_peak_training_memory_orders_as_table4a():
     """Peak memory of a training step (fresh process per row, batch 2, explicit attention as
     the paper's implementation): ViT-B full > Hwin > window; MViTv2-S pooling > pooling+Hwin."""
     mib = {row: row_memory_subprocess(row, "classification", 224, 224, batch=2, kernels="reference")
            for row in ("ViT-B/full", "ViT-B/hwin", "ViT-B/fixed_window",
                        "MViTv2-S/pooling", "MViTv2-S/pooling+hwin")}
+    print("peak training memory, MiB:", mib)
     assert mib["ViT-B/full"] > mib["ViT-B/hwin"] > mib["ViT-B/fixed_window"], mib
     assert mib["MViTv2-S/pooling"] > mib["MViTv2-S/pooling+hwin"], mib
 
@@ -209,3 +211,16 @@ def test_benchmark_tool_writes_its_files(tmp_path, monkeypatch, capsys):
     assert result["row"] == "MViTv2-S/pooling_stride8" and result["train_steps_per_s"] > 0
     assert result["paper"]["gflops"] == 6.3
     assert "| MViTv2-S/pooling_stride8 | 224×224 |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", [(1024, 1024), (800, 1333)], ids=["1024", "800x1333"])
+def test_every_row_runs_as_a_backbone_at_detection_sizes(size):
+    """Windows and strides of every row fit the stage grids of both detection sizes (width / 8)."""
+    from mvit_backbone.benchmark.attention import reduced_width
+
+    for row in ATTENTION_VARIANTS:
+        model = build_row_model(row, "backbone", **reduced_width(row, 8)).eval()
+        with torch.no_grad():
+            out = model(torch.randn(1, 3, *size))
+        assert out["scale2"].shape[-2:] == tuple(-(-s // model.patch_stride[0]) for s in size), row

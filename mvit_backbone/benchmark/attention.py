@@ -110,7 +110,7 @@ def trunk_kwargs(row: str, detection: bool = False) -> dict[str, Any]:
         if args.get("window_mode") == "hwin":
             base["global_blocks"] = VIT_B_HWIN_GLOBAL_BLOCKS
     else:
-        base = dict(reference_kwargs("S"), rel_pos_zero_init=True)
+        base = reference_kwargs("S")
     base.update(window_mode="none", drop_path_rate=0.0)
     if "kv_stride" in args:
         args["adaptive_kv_stride"] = args.pop("kv_stride")
