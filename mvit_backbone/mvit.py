@@ -11,6 +11,8 @@ halving every stage:
 
 - ``"hwin"``: windows in every block except the last block of each of the last three stages,
   where K/V strides of stages 2 and 3 also double (MViTv2 §4.1, detectron2's MViT).
+- ``"window"``, ``"swin"``, ``"hwin"`` with ``global_blocks``: global attention in exactly the
+  listed blocks (no stride change), windows in the others.
 - ``"window"``: fixed non-overlapping windows in every block.
 - ``"swin"``: windows in every block, alternate blocks of a stage shifted by half a window.
 - ``"none"``: global pooling attention in every block.
@@ -27,6 +29,7 @@ import torch.utils.checkpoint
 
 from .kernels import check_policy, run_block
 from .layers import AttentionConfig, BlockConfig, MultiScaleBlock, PatchEmbed
+from .layers.attention import AttendFn
 
 WINDOW_MODES = ("hwin", "swin", "window", "none")
 
@@ -99,6 +102,13 @@ class MViTTrunk(nn.Module):
             the absolute positions, which interpolate to other lengths).
         kernels: execution policy, "auto" (default) or "reference" (plain PyTorch); same result
             (see :mod:`mvit_backbone.kernels`).
+        dim_mul, head_mul: channels and heads are multiplied by these at every stage transition
+            (2 in MViT; 1 keeps the width, as the two-scale ViT-B of MViTv1 Table A.2).
+        global_blocks: the blocks that attend globally in a window mode (e.g. ViT-B's Hwin, its
+            12 blocks as 4 groups of 3: (5, 8, 11); or a stage whose grid a window cannot
+            split); None: detectron2's rule for "hwin", no global block for the others.
+        pool_stride_one: apply the Q/K/V pooling operator also where its stride is 1 (MViTv2,
+            detectron2); False leaves such tensors unpooled (a plain ViT block).
 
     In 3-D, pooling kernels, strides and windows apply per (t, h, w) axis: the query is pooled
     in space only at stage transitions (1, 2, 2), the adaptive K/V stride is (1, s, s).
@@ -153,6 +163,10 @@ class MViTTrunk(nn.Module):
         expand_in_attention: bool = True,
         num_frames: int = 16,
         kernels: str = "auto",
+        dim_mul: int = 2,
+        head_mul: int = 2,
+        global_blocks: Sequence[int] | None = None,
+        pool_stride_one: bool = True,
     ):
         super().__init__()
         if window_mode not in WINDOW_MODES:
@@ -205,12 +219,13 @@ class MViTTrunk(nn.Module):
             adaptive_kv_stride=adaptive_kv_stride, drop_path_rate=drop_path_rate,
             expand_in_attention=expand_in_attention, mlp_ratio=mlp_ratio,
             norm_layer=norm_layer, act_layer=act_layer, pool_norm_layer=pool_norm_layer,
+            dim_mul=dim_mul, head_mul=head_mul, global_blocks=global_blocks,
             attention=dict(
                 qkv_bias=qkv_bias, pool_kernel=tuple(qkv_pool_kernel), pool_mode=pool_mode,
                 pool_q_unstrided=pool_q_unstrided, residual_pooling=residual_pooling,
                 residual_pooling_cls=residual_pooling_cls, window_padding=window_padding,
                 use_rel_pos=use_rel_pos, rel_pos_zero_init=rel_pos_zero_init,
-                num_prefix=self.num_prefix,
+                num_prefix=self.num_prefix, pool_stride_one=pool_stride_one,
             ),
         )
         self.blocks = nn.ModuleList(MultiScaleBlock(cfg) for cfg in self.block_configs)
@@ -324,8 +339,12 @@ class MViTTrunk(nn.Module):
             return torch.utils.checkpoint.checkpoint(run_block, *args, use_reentrant=False)
         return run_block(*args)
 
-    def forward_stages(self, x: torch.Tensor) -> list[tuple[torch.Tensor, tuple[int, ...]]]:
-        """Run the trunk; return (tokens, grid shape) at the end of every stage."""
+    def forward_stages(
+        self, x: torch.Tensor, attend: AttendFn | None = None
+    ) -> list[tuple[torch.Tensor, tuple[int, ...]]]:
+        """Run the trunk; return (tokens, grid shape) at the end of every stage. ``attend``:
+        run every block's own forward with this attention function instead of the execution
+        policy's choice (analysis, e.g. recording the attention probabilities)."""
         if x.shape[0] == 0:  # nothing to compute: empty tokens of the shapes a batch would get
             self.check_input(x)
             return [(x.new_zeros(0, self.num_prefix + math.prod(grid), channels), grid)
@@ -334,7 +353,10 @@ class MViTTrunk(nn.Module):
         x, shape = self._embed(x)
         outputs = []
         for i, block in enumerate(self.blocks):
-            x, shape = self._run_block(block, x, shape, input_pixels)
+            if attend is None:
+                x, shape = self._run_block(block, x, shape, input_pixels)
+            else:
+                x, shape = block(x, shape, attend)
             if i in self._last_block_indexes:
                 outputs.append((x, shape))
         return outputs
@@ -357,12 +379,18 @@ def block_configs(
     act_layer: Callable[[], nn.Module],
     attention: dict,
     pool_norm_layer: Callable[[int], nn.Module] | None = None,
+    dim_mul: int = 2,
+    head_mul: int = 2,
+    global_blocks: Sequence[int] | None = None,
 ) -> list[BlockConfig]:
     """Per-block options of an MViT: stages end at ``last_block_indexes``; the next block pools
-    the query by 2 in space, doubles the channels (in its attention, or in v1 the MLP of the
-    stage's last block), and heads double and the K/V stride and window halve per stage.
-    ``attention``: the options every block's :class:`AttentionConfig` shares."""
+    the query by 2 in space, multiplies the channels by ``dim_mul`` (in its attention, or in v1
+    the MLP of the stage's last block), heads by ``head_mul``, and the K/V stride and window
+    halve per stage. ``attention``: the options every block's :class:`AttentionConfig` shares."""
     ends = tuple(last_block_indexes)
+    hwin_rule = window_mode == "hwin" and global_blocks is None
+    global_blocks = ends[1:] if hwin_rule else tuple(global_blocks or ())
+    doubled_kv_blocks = ends[1:3] if hwin_rule else ()
     stage_starts = {0} | {i + 1 for i in ends}
     time_axes = (1,) * (ndim - 2)  # video: no pooling in time
     input_size = list(input_size)
@@ -372,16 +400,13 @@ def block_configs(
     for i in range(depth):
         pooled = i > 0 and i - 1 in ends
         if expand_in_attention:
-            dim_out = dim * 2 if pooled else dim
+            dim_out = dim * dim_mul if pooled else dim
         else:
-            dim_out = dim * 2 if (i in ends and i != ends[-1]) else dim
+            dim_out = dim * dim_mul if (i in ends and i != ends[-1]) else dim
         block_kv, block_window = stride_kv, window
-        if window_mode == "hwin":
-            if i in ends[1:3]:
-                block_kv = stride_kv * 2
-            if i in ends[1:]:
-                block_window = 0
-        elif window_mode == "none":
+        if i in doubled_kv_blocks:
+            block_kv = stride_kv * 2
+        if window_mode == "none" or i in global_blocks:
             block_window = 0
         index_in_stage = 0 if i in stage_starts else index_in_stage + 1
         configs.append(BlockConfig(
@@ -406,7 +431,7 @@ def block_configs(
         ))
         dim = dim_out
         if i in ends:
-            heads *= 2
+            heads *= head_mul
             stride_kv = max(stride_kv // 2, 1)
         if pooled:
             window //= 2

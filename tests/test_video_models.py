@@ -350,7 +350,7 @@ def test_mvitv1_blocks_pool_the_query_only_at_stage_transitions():
     1x4x4, 1x2x2, 1x1x1 by stage; channels expand in the MLP of a stage's last block."""
     with torch.device("meta"):
         model = create_model("mvitv1_b_16x4")
-    pooled = [i for i, b in enumerate(model.blocks) if b.attn.pool_q is not None]
+    pooled = [i for i, b in enumerate(model.blocks) if not isinstance(b.attn.pool_q, torch.nn.Identity)]
     assert pooled == [1, 3, 14]
     strides = [b.attn.cfg.stride_kv for b in model.blocks]
     assert strides[0] == (1, 8, 8) and strides[1] == (1, 4, 4) and strides[3] == (1, 2, 2)

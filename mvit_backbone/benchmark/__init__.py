@@ -3,10 +3,13 @@
 ``backbone``: ``mvit_backbone.MViT`` against ``detectron2.modeling.MViT`` (time, peak memory,
 saved activations, page faults, kernel floor, attention and Linear kernels, compile);
 ``classifier``: our MViTv2 classifiers against timm's; ``video``: our MViTv2-S video model
-against torchvision's ``mvit_v2_s``. ``tools/benchmark_backbone.py`` and
-``tools/benchmark_video.py`` are the command lines; ``python -m mvit_backbone.benchmark SPEC`` is
-the fresh process of one peak-memory measurement.
+against torchvision's ``mvit_v2_s``; ``attention``: attention mechanisms side by side (MViTv2
+Table 4; rows in ``ATTENTION_VARIANTS``); ``attention_distance``: the mean attention distance
+per head (MViTv1 Fig. A.6). ``tools/benchmark_backbone.py``, ``tools/benchmark_video.py`` and
+``tools/benchmark_attention.py`` are the command lines; ``python -m mvit_backbone.benchmark SPEC``
+is the fresh process of one peak-memory measurement.
 """
+from .attention import ATTENTION_VARIANTS, DETECTION_OVERRIDES, AttentionResult, run_attention_benchmark
 from .backbone import (
     FLOOR_KERNELS,
     LINEAR_SHAPES,
@@ -24,13 +27,13 @@ from .backbone import (
     measure_peak_memory,
     memory_subprocess,
     page_faults,
-    peak_memory_of_step,
     peak_memory_subprocess,
     plot,
     reference_kwargs,
     run_benchmark,
     run_step,
     saved_activation_mib,
+    step_peak_memory,
     time_pair,
     to_markdown,
 )
@@ -54,6 +57,9 @@ from .video import (
 )
 
 __all__ = [
+    "ATTENTION_VARIANTS",
+    "AttentionResult",
+    "DETECTION_OVERRIDES",
     "CLASSIFIER_BATCHES",
     "FLOOR_KERNELS",
     "LINEAR_SHAPES",
@@ -79,15 +85,16 @@ __all__ = [
     "measure_video_peak_memory",
     "memory_subprocess",
     "page_faults",
-    "peak_memory_of_step",
     "peak_memory_subprocess",
     "plot",
     "reference_kwargs",
+    "run_attention_benchmark",
     "run_benchmark",
     "run_step",
     "run_timm_benchmark",
     "run_video_benchmark",
     "saved_activation_mib",
+    "step_peak_memory",
     "time_pair",
     "timm_markdown",
     "to_markdown",

@@ -163,33 +163,52 @@ def keep_freed_memory() -> None:
         raise RuntimeError("glibc's mallopt refused M_MMAP_MAX=0 / M_TRIM_THRESHOLD=INT_MAX")
 
 
-def measure_peak_memory(
-    impl: str, variant: str, height: int, width: int, batch: int, mode: str, device: str = "cpu"
-) -> float:
-    """Peak memory (MiB) of one step, in this process (call it in a fresh one).
+def step_peak_memory(step: Callable[[], object], device: str = "cpu") -> float:
+    """Peak memory (MiB) of ``step()``, in this process (call it in a fresh one).
 
     CPU: the growth of the process's peak RSS over one step, the first: a warm-up step would
     leave its memory in glibc's heap. CUDA: after one warm-up step, the growth of
     ``torch.cuda.max_memory_allocated`` over a step. Both read
     :class:`~mvit_backbone.engine.memory.PeakMemoryMeter`.
     """
-    torch.manual_seed(0)
-    model = build_model(impl, variant).to(device)
-    x = torch.randn(batch, 3, height, width, device=device)
-    return peak_memory_of_step(model, x, mode, device)
-
-
-def peak_memory_of_step(model: nn.Module, x: torch.Tensor, mode: str, device: str = "cpu") -> float:
-    """Peak memory (MiB) of one :func:`run_step` of ``model`` on ``x``, measured as
-    :func:`measure_peak_memory` describes (call it in a fresh process)."""
     if device.startswith("cuda"):
-        run_step(model, x, mode)
-        model.zero_grad(set_to_none=True)
+        step()
+        gc.collect()
         torch.cuda.empty_cache()
     gc.collect()
     with PeakMemoryMeter(device) as meter:
-        run_step(model, x, mode)
+        step()
     return meter.growth_mib()
+
+
+def measure_peak_memory(
+    impl: str, variant: str, height: int, width: int, batch: int, mode: str, device: str = "cpu"
+) -> float:
+    """Peak memory (MiB) of one step of ``build_model(impl, variant)`` (:func:`step_peak_memory`)."""
+    torch.manual_seed(0)
+    model = build_model(impl, variant).to(device)
+    x = torch.randn(batch, 3, height, width, device=device)
+
+    def step() -> None:
+        run_step(model, x, mode)
+        model.zero_grad(set_to_none=True)
+
+    return step_peak_memory(step, device)
+
+
+def memory_subprocess(spec: dict, threads: int | None = None) -> float:
+    """Run ``python -m mvit_backbone.benchmark SPEC`` (a fresh Python process measuring one
+    peak memory, see ``__main__``); returns its MiB."""
+    env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    out = subprocess.run(
+        [sys.executable, "-m", "mvit_backbone.benchmark", json.dumps(spec)],
+        capture_output=True, text=True, env=env,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"peak-memory subprocess for {spec} failed:\n{out.stderr[-3000:]}")
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def peak_memory_subprocess(
@@ -200,19 +219,6 @@ def peak_memory_subprocess(
     spec = dict(impl=impl, variant=variant, height=height, width=width, batch=batch, mode=mode,
                 device=device)
     return memory_subprocess(spec, threads)
-
-
-def memory_subprocess(spec: dict, threads: int | None = None) -> float:
-    """Run ``python -m mvit_backbone.benchmark SPEC`` (a fresh process) and return the MiB it
-    prints; ``spec["kind"]`` picks the measurement ("backbone", the default, or "video")."""
-    env = dict(os.environ)
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
-    out = subprocess.run(
-        [sys.executable, "-m", "mvit_backbone.benchmark", json.dumps(spec)],
-        check=True, capture_output=True, text=True, env=env,
-    )
-    return float(out.stdout.strip().splitlines()[-1])
 
 
 def run_benchmark(

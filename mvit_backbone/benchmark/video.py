@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from ..engine.progress import Progress
-from .backbone import MODES, memory_subprocess, peak_memory_of_step, time_pair
+from .backbone import MODES, memory_subprocess, run_step, step_peak_memory, time_pair
 
 # our model name -> torchvision's builder (torchvision.models.video)
 TORCHVISION_NAMES = {"mvitv2_s_16x4": "mvit_v2_s", "mvitv1_b_16x4": "mvit_v1_b"}
@@ -95,7 +95,12 @@ def measure_video_peak_memory(impl: str, name: str, frames: int, size: int, batc
     torch.manual_seed(0)
     model = build_video_model(impl, name, frames, size).to(device)
     x = torch.randn(batch, 3, frames, size, size, device=device)
-    return peak_memory_of_step(model, x, mode, device)
+
+    def step() -> None:
+        run_step(model, x, mode)
+        model.zero_grad(set_to_none=True)
+
+    return step_peak_memory(step, device)
 
 
 def run_video_benchmark(

@@ -178,7 +178,18 @@ _MVITV2_IMAGE = dict(
 _MVITV2_DROP_PATH = {"T": 0.1, "S": 0.1, "B": 0.3, "L": 0.5, "H": 0.8}
 
 
-def _mvitv2(variant: str, num_classes: int, img_size: int = 224, **overrides) -> MViTClassifier:
+def _kv_stride(overrides: dict, kv_stride: int | None) -> dict:
+    """``kv_stride`` (the first stage's K/V pooling stride) as the trunk's ``adaptive_kv_stride``."""
+    if kv_stride is None:
+        return overrides
+    if "adaptive_kv_stride" in overrides:
+        raise ValueError("give kv_stride or adaptive_kv_stride, not both")
+    return dict(overrides, adaptive_kv_stride=kv_stride)
+
+
+def _mvitv2(variant: str, num_classes: int, img_size: int = 224, kv_stride: int | None = None,
+            **overrides) -> MViTClassifier:
+    overrides = _kv_stride(overrides, kv_stride)
     kwargs = dict(_MVITV2_IMAGE, **mvitv2_variant(variant))
     kwargs.update(img_size=img_size, drop_path_rate=_MVITV2_DROP_PATH[variant])
     if variant == "L":
@@ -273,3 +284,33 @@ def mvitv2_nano(num_classes: int = 1000, **kw) -> MViTClassifier:
     same attention as MViTv2-T (rel-pos, residual pooling, K/V stride 4 in stage 1)."""
     arch = dict(embed_dim=32, depth=4, num_heads=1, last_block_indexes=(0, 1, 2, 3), drop_path_rate=0.0)
     return _mvitv2("T", num_classes, **dict(arch, **kw))
+
+
+# ViT-B/16 as MViT trunk arguments: 12 blocks of width 768 with 12 heads, absolute positions,
+# no class token, no pooling operators, global attention; ``dim_mul=head_mul=1`` keep the width
+# when ``last_block_indexes=(5, 11)`` adds MViTv1 Table A.2's second scale. Windows of 7 cut the
+# 14x14 tokens of a 224² image into 2x2.
+VIT_B_ARCH: dict = dict(
+    patch_kernel=(16, 16), patch_stride=(16, 16), patch_padding=(0, 0),
+    embed_dim=768, depth=12, num_heads=12, last_block_indexes=(11,),
+    dim_mul=1, head_mul=1, norm_layer=partial(nn.LayerNorm, eps=1e-6),
+    use_abs_pos=True, pretrain_use_cls_token=False, use_rel_pos=False,
+    residual_pooling=False, pool_stride_one=False, adaptive_kv_stride=1,
+    adaptive_window_size=7,
+)
+# ViT-B's Hwin: its 12 blocks as 4 groups of 3, global attention in the last block of the last
+# three groups (MViTv2 §5.3)
+VIT_B_HWIN_GLOBAL_BLOCKS = (5, 8, 11)
+
+
+@register_model
+def vit_b(num_classes: int = 1000, kv_stride: int | None = None, **kw) -> MViTClassifier:
+    """ViT-B/16 (Dosovitskiy et al.) built from the MViT trunk (:data:`VIT_B_ARCH`), for
+    comparing attention mechanisms (MViTv2 Table 4): ``window_mode`` ("hwin": global in
+    :data:`VIT_B_HWIN_GLOBAL_BLOCKS`), ``kv_stride`` (K/V pooling stride) and
+    ``last_block_indexes=(5, 11)`` (the query pooled by 2 after block 6, width kept) are the
+    trunk's arguments."""
+    if kw.get("window_mode") == "hwin":
+        kw.setdefault("global_blocks", VIT_B_HWIN_GLOBAL_BLOCKS)
+    kw = dict(dict(VIT_B_ARCH, drop_path_rate=0.1), **_kv_stride(kw, kv_stride))
+    return MViTClassifier(num_classes=num_classes, **kw)

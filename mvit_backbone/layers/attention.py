@@ -94,6 +94,8 @@ class AttentionConfig:
     use_rel_pos: decomposed relative position tables ``rel_pos_{t,h,w}`` sized for
         ``input_size`` (the block's input grid), interpolated to other sizes at run time.
     num_prefix: class tokens in front of the grid tokens (0 or 1).
+    pool_stride_one: Q, K or V with stride 1 still go through their pooling operator (MViTv2);
+        False: they are not pooled (no operator, no parameters), as in a plain ViT block.
     """
 
     num_heads: int = 1
@@ -112,6 +114,7 @@ class AttentionConfig:
     rel_pos_zero_init: bool = True
     input_size: tuple[int, ...] | None = None
     num_prefix: int = 0
+    pool_stride_one: bool = True
 
     def __post_init__(self) -> None:
         ndim = len(self.pool_kernel)
@@ -140,13 +143,17 @@ def make_pool(
     stride: Sequence[int],
     mode: str,
     norm_layer: Callable[[int], nn.Module],
+    pool_stride_one: bool = True,
 ) -> tuple[nn.Module, nn.Module | None]:
     """The pooling operator and its norm for one of Q, K, V.
 
     ``mode="conv"``: depthwise conv shared by all heads, then LayerNorm (MViTv2);
-    ``"max"``/``"avg"``: parameter-free pooling, no norm (MViTv1 options).
+    ``"max"``/``"avg"``: parameter-free pooling, no norm (MViTv1 options); ``nn.Identity``
+    and no norm where the stride is 1 and ``pool_stride_one`` is False.
     """
     ndim = len(kernel)
+    if not pool_stride_one and all(s == 1 for s in stride):
+        return nn.Identity(), None
     padding = [k // 2 for k in kernel]
     if mode == "conv":
         conv = nn.Conv2d if ndim == 2 else nn.Conv3d
@@ -176,9 +183,10 @@ def attention_pool(
 
     The class token bypasses the pooling and rejoins before the norm (as in the official code).
     Returns G tensors (B, num_prefix + prod(pooled shape), heads, C) and the pooled grid shape.
-    A ``None`` pool (an unpooled query) returns the tensors as they are.
+    An ``nn.Identity`` pool (unpooled, stride 1) returns the tensors as they are.
     """
-    if pools[0] is None:
+    first = pools[0]
+    if isinstance(first, nn.Identity):  # unpooled (``pool_stride_one`` or ``pool_q_unstrided``)
         return list(x.unbind(2)), tuple(shape)
     b = x.shape[0]
     groups, heads, c = x.shape[2:]
@@ -186,7 +194,6 @@ def attention_pool(
     prefix, grid = x.split([num_prefix, x.shape[1] - num_prefix], dim=1) if num_prefix else (x, x)
     # (B, *shape, channels) is channels-last: the depthwise conv reads it without a transpose
     grid = grid.reshape(b, *shape, groups * heads * c).movedim(-1, 1)
-    first = pools[0]
     if isinstance(first, (nn.Conv2d, nn.Conv3d)):
         ones = (1,) * (first.weight.dim() - 1)
         weight = torch.cat([p.weight.repeat(heads, *ones) for p in pools])
@@ -233,11 +240,14 @@ class MultiScaleAttention(nn.Module):
         self.proj = nn.Linear(dim_out, dim_out)
         # The official layout: pool_q/norm_q, pool_k/norm_k, pool_v/norm_v directly on the module.
         pool = (head_dim, cfg.pool_kernel)
-        self.pool_q, self.norm_q = None, None
-        if cfg.pool_q_unstrided or any(s > 1 for s in cfg.stride_q):
-            self.pool_q, self.norm_q = make_pool(*pool, cfg.stride_q, cfg.pool_mode, norm_layer)
-        self.pool_k, self.norm_k = make_pool(*pool, cfg.stride_kv, cfg.pool_mode, norm_layer)
-        self.pool_v, self.norm_v = make_pool(*pool, cfg.stride_kv, cfg.pool_mode, norm_layer)
+        # MViTv1 pools the query only where it is strided; a plain ViT block pools nothing
+        # where the stride is 1
+        q_stride_one = cfg.pool_stride_one and cfg.pool_q_unstrided
+        self.pool_q, self.norm_q = make_pool(*pool, cfg.stride_q, cfg.pool_mode, norm_layer,
+                                             q_stride_one)
+        kv_pool = (cfg.stride_kv, cfg.pool_mode, norm_layer, cfg.pool_stride_one)
+        self.pool_k, self.norm_k = make_pool(*pool, *kv_pool)
+        self.pool_v, self.norm_v = make_pool(*pool, *kv_pool)
 
         self.window_size = cfg.window_size
         if cfg.window_size:
@@ -278,9 +288,10 @@ class MultiScaleAttention(nn.Module):
     ) -> list[tuple[slice, tuple[nn.Module, ...], tuple[nn.Module | None, ...]]]:
         """The parts of Q, K, V pooled together: (rows of the qkv output, pools, norms). K and V
         always share a stride; Q joins them when its stride is the same and it is pooled, unless
-        ``separate_q``. An unpooled Q is a part with pool ``None``."""
+        ``separate_q``. An unpooled Q is a part with pool ``nn.Identity``."""
         d = self.qkv.out_features // 3
-        if self.cfg.stride_q == self.cfg.stride_kv and self.pool_q is not None and not separate_q:
+        q_pooled_as_kv = isinstance(self.pool_q, nn.Identity) == isinstance(self.pool_k, nn.Identity)
+        if self.cfg.stride_q == self.cfg.stride_kv and q_pooled_as_kv and not separate_q:
             return [(slice(0, 3 * d), (self.pool_q, self.pool_k, self.pool_v),
                      (self.norm_q, self.norm_k, self.norm_v))]
         # Q and K/V apart: each conv then reads a dense tensor, not a strided slice
