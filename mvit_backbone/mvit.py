@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from .kernels import check_policy, run_block
+from .kernels import check_policy, eager_mode, run_block
 from .layers import AttentionConfig, BlockConfig, MultiScaleBlock, PatchEmbed
 from .layers.attention import AttendFn
 
@@ -282,7 +282,10 @@ class MViTTrunk(nn.Module):
                 f"(x.to({weight.dtype})), or the model (model.to({x.dtype})), or run under "
                 "torch.autocast"
             )
-        if self.check_finite_input and x.numel() and not bool(torch.isfinite(x).all()):
+        # a value check: skipped while tracing, compiling or exporting (the graph has no
+        # data-dependent branches)
+        if (self.check_finite_input and eager_mode() and x.numel()
+                and not bool(torch.isfinite(x).all())):
             raise ValueError(
                 f"input holds NaN or infinite values ({int((~torch.isfinite(x)).sum())} of "
                 f"{x.numel()}); set model.check_finite_input = False to skip this check"

@@ -18,3 +18,17 @@ def paper_numbers() -> dict:
         pytest.fail(f"paper numbers not found at {PAPER_NUMBERS} (shared/ must sit beside the repo)")
     with open(PAPER_NUMBERS) as f:
         return json.load(f)
+
+
+@pytest.fixture(autouse=True)
+def _library_logs_reach_caplog():
+    """Tools and the demo set up detectron2's logger for ``mvit_backbone``, which stops its
+    records at that logger; a test that ran one in-process would hide later tests' log records
+    from ``caplog``."""
+    import logging
+
+    logger = logging.getLogger("mvit_backbone")
+    propagate = logger.propagate
+    logger.propagate = True
+    yield
+    logger.propagate = propagate

@@ -35,6 +35,8 @@ EXPENSIVE: dict[str, str] = {
     ".venv/bin/python projects/MViTv2/train_imagenet.py": "6-7 minutes of training on 2 cores",
     "torchrun": "ImageNet on 8 GPUs",
     "python projects/MViTv2/train_imagenet.py": "needs ImageNet and its weights",
+    ".venv/bin/python projects/MViTv2/train_video.py": "about 10 minutes of training on 2 cores; "
+    "the same entry point runs with a tiny budget in test_video_train.py",
 }
 
 

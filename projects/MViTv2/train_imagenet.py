@@ -25,7 +25,8 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "synthetic.yaml"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: %(default)s)")
+    p.add_argument("--config-file", "--config", dest="config", default=str(DEFAULT_CONFIG),
+                   help="YAML config (default: %(default)s)")
     p.add_argument("--data-dir", help="ImageFolder root with train/ and val/ (default: synthetic)")
     p.add_argument("--output-dir", help="where checkpoints, logs, metrics and plots go")
     p.add_argument("--epochs", type=int)

@@ -24,7 +24,8 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "video" / "synthe
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: %(default)s)")
+    p.add_argument("--config-file", "--config", dest="config", default=str(DEFAULT_CONFIG),
+                   help="YAML config (default: %(default)s)")
     p.add_argument("--train-list", help="training videos, '<path> <label>' per line (default: synthetic)")
     p.add_argument("--val-list", help="validation/test videos, same format")
     p.add_argument("--data-root", help="folder the lists' relative paths start from")
