@@ -219,6 +219,7 @@ def test_bad_checkpoints_are_reported(trained: tuple[Path, dict], data: Path, tm
 # ----------------------------------------------------------------------------- distributed
 
 
+@pytest.mark.slow
 def test_two_process_gloo_training(data: Path, tmp_path: Path) -> None:
     cfg = tiny_config(data, tmp_path / "ddp", epochs=1, repeated_aug=2, batch_size=8, eval_batch_size=5)
     cfg_file = tmp_path / "ddp.yaml"

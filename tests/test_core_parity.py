@@ -37,7 +37,7 @@ def _assert_same(ref, ours, x, atol=1e-5):
 SIZES = [(224, 224), (512, 512), (333, 517)]
 
 
-@pytest.mark.parametrize("variant", ["T", "S", "B"])
+@pytest.mark.parametrize("variant", ["T", "S", pytest.param("B", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("window", [56, 0], ids=["hwin", "global"])
 def test_parity_with_detectron2(variant, window):
     ref, ours = _pair(variant, adaptive_window_size=window)

@@ -171,6 +171,7 @@ def test_det_predict_writes_pngs(resumed_run, tiny_coco):
         assert np.abs(drawn.astype(int) - original.astype(int)).mean() > 1  # something drawn
 
 
+@pytest.mark.slow
 def test_det_two_process_gloo_training(tiny_coco, tmp_path):
     log = _run(_lazy_cmd(tiny_coco, "--num-gpus", "2", "--dist-url", "auto",
                          *_lazy_opts(tmp_path, max_iter=2, batch=2)))

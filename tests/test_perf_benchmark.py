@@ -31,6 +31,7 @@ def _faults(mode: str) -> int:
     return int(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
 def test_keep_freed_memory_reuses_large_blocks_without_page_faults():
     pages = 4 * 64 * 2**20 // 4096
@@ -39,6 +40,7 @@ def test_keep_freed_memory_reuses_large_blocks_without_page_faults():
     assert _faults("default") >= 4 * 32
 
 
+@pytest.mark.slow
 def test_benchmark_tool_writes_table_json_and_plot(tmp_path):
     out = tmp_path / "bench"
     cmd = [sys.executable, "tools/benchmark_backbone.py", "--variants", "T", "--sizes", "64x96",
