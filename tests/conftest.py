@@ -23,12 +23,9 @@ def paper_numbers() -> dict:
 @pytest.fixture(autouse=True)
 def _library_logs_reach_caplog():
     """Tools and the demo set up detectron2's logger for ``mvit_backbone``, which stops its
-    records at that logger; a test that ran one in-process would hide later tests' log records
-    from ``caplog``."""
+    records at that logger; after a test that ran one in-process, let them propagate again, so
+    that later tests' ``caplog`` sees them."""
     import logging
 
-    logger = logging.getLogger("mvit_backbone")
-    propagate = logger.propagate
-    logger.propagate = True
     yield
-    logger.propagate = propagate
+    logging.getLogger("mvit_backbone").propagate = True

@@ -39,9 +39,13 @@ def run_tool(name: str, *argv: str) -> int:
 def mvit_log(caplog):
     """caplog that sees the package's log (detectron2's setup_logger stops its propagation)."""
     logger = logging.getLogger("mvit_backbone")
+    propagate = logger.propagate
+    # records reach caplog through this handler only, once, whatever the tools set
+    logger.propagate = False
     logger.addHandler(caplog.handler)
     yield caplog
     logger.removeHandler(caplog.handler)
+    logger.propagate = propagate
 
 
 @pytest.fixture
