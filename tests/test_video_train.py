@@ -66,6 +66,12 @@ def test_train_resume_and_eval_through_the_entry_point(tmp_path, synthetic_dir):
     assert saved["epoch"] == 1 and saved["test_top1"] == result["test_top1"]
     assert 0.0 <= saved["test_top1"] <= 100.0 and saved["test_views"] == 60
 
+    # a truncated checkpoint_last.pth: --resume takes the one before it (epoch 0)
+    last = out / "checkpoint_last.pth"
+    last.write_bytes(last.read_bytes()[:1000])
+    result = main([*common, "--eval-only", "--resume"])
+    assert result["epoch"] == 0 and result["checkpoint"] == str(out / "checkpoint_previous.pth")
+
 
 def test_charades_multi_label_run(tmp_path, synthetic_dir):
     """Multi-label lists train with per-class sigmoid + BCE and are scored by mAP."""
