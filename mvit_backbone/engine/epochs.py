@@ -71,6 +71,8 @@ class EpochRun:
 
     model: nn.Module
     classes: list[str]
+    # the entry point's option that skips unreadable files, named when training stops on one
+    skip_option = "--skip-bad-data"
 
     def __init__(self, cfg: Any, info: DistInfo, log: logging.Logger, deterministic: bool = False):
         self.cfg, self.info, self.log = cfg, info, log
@@ -307,7 +309,7 @@ class EpochRun:
             if self.info.is_main and done > skip_batches:
                 self.save(state(epoch - 1, done))
                 saved = str(last)
-            raise stopped_on_bad_data(worker_message(e), saved) from None
+            raise stopped_on_bad_data(worker_message(e), saved, self.skip_option) from None
 
     @staticmethod
     def _skip_batches(loader: DataLoader, batches: int) -> DataLoader:
@@ -328,7 +330,8 @@ class EpochRun:
         try:
             yield
         except data_errors as e:
-            raise stopped_on_bad_data(worker_message(e), str(self.last_checkpoint)) from None
+            raise stopped_on_bad_data(worker_message(e), str(self.last_checkpoint),
+                                      self.skip_option) from None
 
     # ---------------------------------------------------------------- outputs
     def tensorboard(self):

@@ -206,6 +206,8 @@ def build_model(cfg: VideoTrainConfig, num_classes: int) -> nn.Module:
 class _Run(EpochRun):
     """State of one video training or evaluation run (one per process)."""
 
+    skip_option = "--skip-unreadable"
+
     def __init__(self, cfg: VideoTrainConfig, info: DistInfo):
         super().__init__(cfg, info, logger)
         # the synthetic videos are written by rank 0 while the others wait
