@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -42,7 +42,7 @@ from ..data.checks import (
     fail_or_skip,
 )
 from ..data.image_folder import write_synthetic_image_folder
-from ..engine.epochs import EpochRun, run_epochs
+from ..engine.epochs import EpochRun, EpochTrainConfig, run_epochs
 from ..engine.optim import make_optimizer
 # CheckpointError is the entry point's (projects/MViTv2/train_imagenet.py) to catch
 from ..engine.runs import (CheckpointError, DistInfo, accuracy_counts, all_reduce_sum,
@@ -61,8 +61,10 @@ class CorruptImageError(DatasetError):
 
 
 @dataclass
-class TrainConfig:
-    """Every setting of a run. YAML configs and ``--set key=value`` fill these fields."""
+class TrainConfig(EpochTrainConfig):
+    """Every setting of a run: the shared :class:`~mvit_backbone.engine.epochs.EpochTrainConfig`
+    with the ImageNet recipe's defaults, and the fields below. YAML configs and
+    ``--set key=value`` fill these fields."""
 
     # data: an ImageFolder root with train/ and val/; empty -> the synthetic dataset
     data_dir: str = ""
@@ -73,53 +75,22 @@ class TrainConfig:
     output_dir: str = "output/mvitv2_imagenet"
     # model
     model: str = "mvitv2_t"
-    model_kwargs: dict = field(default_factory=dict)
     img_size: int = 224
-    drop_path: float | None = None  # None: the model's default for its size
     head_dropout: float = 0.0
-    weights: str = ""  # initial weights (any format mvit_backbone.load_checkpoint reads)
     # optimisation
     epochs: int = 300
     warmup_epochs: float = 70.0
     batch_size: int = 64  # per process
     base_lr: float = 2e-3
-    base_batch_size: int = 2048  # lr = base_lr * total batch / base_batch_size
-    warmup_start_lr: float = 1e-6
-    end_lr: float = 1e-6
-    scale_start_end_lr: bool = False  # warmup_start_lr and end_lr scale with the batch as base_lr
-    weight_decay: float = 0.05
-    # no weight decay on position embeddings, rel-pos tables and the class token (1-d parameters
-    # never get any)
-    zero_decay_pos_cls: bool = True
-    betas: tuple = (0.9, 0.999)
-    clip_grad: float = 0.0  # max L2 norm of the gradients; 0 = off
-    amp: bool = True  # used on CUDA only
-    amp_dtype: str = "float16"
+    base_batch_size: int = 2048
     ema: bool = False
     ema_decay: float = 0.9999
     # augmentation (timm)
     auto_augment: str = "rand-m9-mstd0.5-inc1"
     color_jitter: float = 0.4
-    hflip: float = 0.5
-    train_scale: tuple = (0.08, 1.0)
-    train_ratio: tuple = (3.0 / 4.0, 4.0 / 3.0)
-    interpolation: str = "bicubic"
-    reprob: float = 0.25
-    mixup: float = 0.8
-    cutmix: float = 1.0
-    mixup_prob: float = 1.0
-    mixup_switch_prob: float = 0.5
-    label_smoothing: float = 0.1
-    repeated_aug: int = 3  # repeats per sample; 1 = off
+    repeated_aug: int = 3
     eval_crop_pct: float = 0.875  # 224/256
     eval_protocols: tuple = EVAL_PROTOCOLS  # evaluated every epoch; the final eval does both
-    # run
-    seed: int = 0
-    num_workers: int = 8
-    threads: int = 0  # torch intra-op threads per process; 0 = cores / processes - workers
-    log_period: int = 20
-    checkpoint_period: int = 0  # also keep checkpoint_{epoch}.pth every N epochs; 0 = only last
-    eval_batch_size: int = 0  # 0 = batch_size
     # data problems (docs/RELIABILITY.md): decode every image before training; skip broken
     # images (a warning each, a count at the end) instead of stopping with an error naming them
     check_data: bool = False
@@ -131,10 +102,6 @@ class TrainConfig:
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
         """Build from a dict, rejecting unknown keys; lists become tuples where fields are tuples."""
         return config_from_dict(cls, values)
-
-    def peak_lr(self, world_size: int) -> float:
-        """The linearly scaled learning rate for the total batch ``batch_size * world_size``."""
-        return self.base_lr * self.batch_size * world_size / self.base_batch_size
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:

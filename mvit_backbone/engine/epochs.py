@@ -49,6 +49,60 @@ PREVIOUS_CHECKPOINT = "checkpoint_previous.pth"
 
 
 @dataclass
+class EpochTrainConfig:
+    """The settings :class:`EpochRun` and both trainers' recipes read. Each trainer's config
+    adds its data, model and evaluation settings and its recipe's defaults; YAML configs and
+    ``--set key=value`` fill the fields."""
+
+    output_dir: str = "output"
+    model: str = ""
+    model_kwargs: dict = dataclasses.field(default_factory=dict)
+    drop_path: float | None = None  # None: the model's default for its size
+    weights: str = ""  # initial weights (any format mvit_backbone.load_checkpoint reads)
+    # optimisation
+    epochs: int = 100
+    warmup_epochs: float = 10.0
+    batch_size: int = 64  # per process
+    base_lr: float = 1e-3
+    base_batch_size: int = 512  # lr = base_lr * total batch / base_batch_size
+    warmup_start_lr: float = 1e-6
+    end_lr: float = 1e-6
+    scale_start_end_lr: bool = False  # warmup_start_lr and end_lr scale with the batch as base_lr
+    weight_decay: float = 0.05
+    # no weight decay on position embeddings, rel-pos tables and the class token (1-d parameters
+    # never get any)
+    zero_decay_pos_cls: bool = True
+    betas: tuple = (0.9, 0.999)  # adamw
+    clip_grad: float = 0.0  # max L2 norm of the gradients; 0 = off
+    amp: bool = True  # used on CUDA only
+    amp_dtype: str = "float16"
+    # augmentation (timm)
+    auto_augment: str = ""
+    hflip: float = 0.5
+    train_scale: tuple = (0.08, 1.0)
+    train_ratio: tuple = (3.0 / 4.0, 4.0 / 3.0)
+    interpolation: str = "bicubic"
+    reprob: float = 0.25
+    mixup: float = 0.8
+    cutmix: float = 1.0
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    label_smoothing: float = 0.1
+    repeated_aug: int = 1  # repeats per sample; 1 = off
+    # run
+    seed: int = 0
+    num_workers: int = 8
+    threads: int = 0  # torch intra-op threads per process; 0 = cores / processes - workers
+    log_period: int = 20
+    checkpoint_period: int = 0  # also keep checkpoint_{epoch}.pth every N epochs; 0 = only last
+    eval_batch_size: int = 0  # 0 = batch_size
+
+    def peak_lr(self, world_size: int) -> float:
+        """The linearly scaled learning rate for the total batch ``batch_size * world_size``."""
+        return self.base_lr * self.batch_size * world_size / self.base_batch_size
+
+
+@dataclass
 class Resumed:
     """Where a resumed run starts: the checkpoint read (``path`` None: a fresh start)."""
 
@@ -62,11 +116,7 @@ class Resumed:
 class EpochRun:
     """State of one training or evaluation run (one per process) of an epoch trainer.
 
-    ``cfg`` is the trainer's config dataclass; it has at least ``output_dir``, ``threads``,
-    ``num_workers``, ``seed``, ``amp``, ``amp_dtype``, ``batch_size``, ``repeated_aug``,
-    ``epochs``, ``log_period``, ``clip_grad``, ``checkpoint_period``, ``weights`` and the mixup
-    fields. Subclasses set ``self.model`` and ``self.classes`` and write ``train`` and
-    ``eval_only``.
+    Subclasses set ``self.model`` and ``self.classes`` and write ``train`` and ``eval_only``.
     """
 
     model: nn.Module
@@ -74,7 +124,7 @@ class EpochRun:
     # the entry point's option that skips unreadable files, named when training stops on one
     skip_option = "--skip-bad-data"
 
-    def __init__(self, cfg: Any, info: DistInfo, log: logging.Logger, deterministic: bool = False):
+    def __init__(self, cfg: EpochTrainConfig, info: DistInfo, log: logging.Logger, deterministic: bool = False):
         self.cfg, self.info, self.log = cfg, info, log
         self.out = Path(cfg.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)

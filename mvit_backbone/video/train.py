@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from ..classification.models import create_model
 from ..data.checks import DatasetError
 from ..data.video import VideoDecodeError
 from ..data.video_synthetic import write_synthetic_videos
-from ..engine.epochs import EpochRun, run_epochs
+from ..engine.epochs import EpochRun, EpochTrainConfig, run_epochs
 from ..engine.optim import make_optimizer
 from ..engine.runs import DistInfo, all_reduce_sum, load_yaml_config, plot_history
 from ..engine.schedule import recipe_lr_multiplier
@@ -52,8 +52,10 @@ DATA_ERRORS = (DatasetError, VideoDecodeError)
 
 
 @dataclass
-class VideoTrainConfig:
-    """Every setting of a run. YAML configs and ``--set key=value`` fill these fields."""
+class VideoTrainConfig(EpochTrainConfig):
+    """Every setting of a run: the shared :class:`~mvit_backbone.engine.epochs.EpochTrainConfig`
+    with the video recipe's defaults, and the fields below. YAML configs and ``--set key=value``
+    fill these fields."""
 
     # data: list files of "<path> <label>" lines; empty train_list -> the synthetic dataset
     dataset: str = "kinetics"  # "kinetics" | "ssv2" | "charades" (sampling and labels)
@@ -82,48 +84,22 @@ class VideoTrainConfig:
     std: tuple = KINETICS_STD
     # model
     model: str = "mvitv2_s_16x4"
-    model_kwargs: dict = field(default_factory=dict)
-    drop_path: float | None = None  # None: the model's default
     head_dropout: float | None = None  # None: the model's default
-    weights: str = ""  # initial weights (any format mvit_backbone.load_checkpoint reads)
     # optimisation
     optimizer: str = "adamw"  # "adamw" | "sgd"
     momentum: float = 0.9  # sgd only
-    betas: tuple = (0.9, 0.999)  # adamw only
     epochs: int = 200
     warmup_epochs: float = 30.0
     batch_size: int = 8  # per process
     base_lr: float = 1.6e-3
-    base_batch_size: int = 512  # lr = base_lr * total batch / base_batch_size
-    warmup_start_lr: float = 1e-6
+    base_batch_size: int = 512
     end_lr: float = 1.6e-5
-    scale_start_end_lr: bool = False
-    weight_decay: float = 0.05
-    zero_decay_pos_cls: bool = True
-    clip_grad: float = 0.0
-    amp: bool = True  # used on CUDA only
-    amp_dtype: str = "float16"
     # augmentation
-    train_scale: tuple = (0.08, 1.0)
-    train_ratio: tuple = (3.0 / 4.0, 4.0 / 3.0)
-    hflip: float = 0.5
     auto_augment: str = "rand-m7-n4-mstd0.5-inc1"
     interpolation: str = "bilinear"
-    reprob: float = 0.25
-    mixup: float = 0.8
-    cutmix: float = 1.0
-    mixup_prob: float = 1.0
-    mixup_switch_prob: float = 0.5
-    label_smoothing: float = 0.1
-    repeated_aug: int = 2  # repeats per video; 1 = off
+    repeated_aug: int = 2
     # run
-    seed: int = 0
-    num_workers: int = 8
-    threads: int = 0  # torch intra-op threads per process; 0 = cores / processes - workers
-    log_period: int = 20
     eval_period: int = 1  # evaluate every N epochs (and after the last)
-    checkpoint_period: int = 0  # also keep checkpoint_{epoch}.pth every N epochs; 0 = only last
-    eval_batch_size: int = 0  # test items (clips with all their crops); 0 = batch_size
 
     def __post_init__(self):
         if self.dataset not in DATASET_KINDS:
@@ -138,10 +114,6 @@ class VideoTrainConfig:
     @property
     def multi_label(self) -> bool:
         return self.dataset == "charades"
-
-    def peak_lr(self, world_size: int) -> float:
-        """The linearly scaled learning rate for the total batch ``batch_size * world_size``."""
-        return self.base_lr * self.batch_size * world_size / self.base_batch_size
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> VideoTrainConfig:
