@@ -66,6 +66,12 @@ def test_train_resume_and_eval_through_the_entry_point(tmp_path, synthetic_dir):
     assert saved["epoch"] == 1 and saved["test_top1"] == result["test_top1"]
     assert 0.0 <= saved["test_top1"] <= 100.0 and saved["test_views"] == 60
 
+    # a truncated checkpoint_last.pth: --resume takes the one before it (epoch 0)
+    last = out / "checkpoint_last.pth"
+    last.write_bytes(last.read_bytes()[:1000])
+    result = main([*common, "--eval-only", "--resume"])
+    assert result["epoch"] == 0 and result["checkpoint"] == str(out / "checkpoint_previous.pth")
+
 
 def test_charades_multi_label_run(tmp_path, synthetic_dir):
     """Multi-label lists train with per-class sigmoid + BCE and are scored by mAP."""
@@ -115,3 +121,35 @@ def test_readme_synthetic_run_reaches_80_percent(tmp_path):
                                    "--set", f"synthetic_dir={tmp_path / 'videos'}"])
     assert metrics["final"]["test_top1"] >= 80.0, metrics["final"]
     assert time.time() - start < 1800  # 10 minutes on 2 idle cores; generous under load
+
+
+def test_unreadable_training_video_stops_after_saving_then_resumes(tmp_path, synthetic_dir):
+    """A video that cannot be decoded stops training with its name, after saving the state of
+    the last finished iteration; --resume with --skip-unreadable continues at that iteration."""
+    from mvit_backbone.checkpoint import read_checkpoint
+    from mvit_backbone.engine.loop import TrainingStopped
+
+    main = _entry_point().main
+    write_synthetic_videos(synthetic_dir, train_per_class=2, val_per_class=1, frame_size=32, frames=12)
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(200))  # an mp4 header, no streams
+    train_list = tmp_path / "train.csv"
+    # timm's sampler orders the 21 videos of epoch 0 as [11, 20, 2, 9, 6, 16, 13, 10, 12, ...]:
+    # the broken one, 13th in the list, is read in the third batch
+    lines = (synthetic_dir / "train.csv").read_text().splitlines()
+    train_list.write_text("\n".join([*lines[:12], f"{broken} 3", *lines[12:]]) + "\n")
+    out = tmp_path / "run"
+    common = ["--output-dir", str(out), "--train-list", str(train_list),
+              "--val-list", str(synthetic_dir / "val.csv"), "--data-root", str(synthetic_dir),
+              *TINY, "--epochs", "1", "--set", "repeated_aug=1", "--set", "test_num_clips=1",
+              "--set", "test_num_crops=1"]
+    with pytest.raises(TrainingStopped, match="broken.mp4") as stop:
+        main(common)
+    assert "the last good state is saved in" in str(stop.value)
+    assert "--skip-unreadable" in str(stop.value)
+    ckpt = read_checkpoint(out / "checkpoint_last.pth")
+    assert ckpt["epoch"] == -1 and ckpt["partial_epoch_iterations"] == 2
+
+    metrics = main([*common, "--resume", "--skip-unreadable"])
+    assert f"iteration {ckpt['partial_epoch_iterations']} of the epoch" in (out / "log.txt").read_text()
+    assert [h["epoch"] for h in metrics["history"]] == [0]

@@ -2,7 +2,8 @@
 
 One training loop (``loop.TrainLoop``), one learning-rate schedule (``schedule.WarmupCosine``),
 one progress line with ETA (``progress``), one peak-memory meter (``memory.PeakMemoryMeter``),
-the recipes' weight-decay groups (``optim.param_groups``);
+the recipes' weight-decay groups (``optim.param_groups``), one epoch trainer's run for ImageNet
+and video classification (``epochs.EpochRun``: resuming, checkpoints, history, outputs);
 LazyConfig and yacs detector training on detectron2's hooks, analysis, prediction, and the demo
 job (``engine.demo``).
 """

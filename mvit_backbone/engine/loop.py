@@ -40,13 +40,15 @@ def stopped_on_non_finite_loss(error: NonFiniteLossError, last_checkpoint: str |
     return TrainingStopped(f"training stopped: {error}; {kept}")
 
 
-def stopped_on_bad_data(message: str, saved: str | None) -> TrainingStopped:
+def stopped_on_bad_data(message: str, saved: str | None, skip_option: str = "--skip-bad-data"
+                        ) -> TrainingStopped:
     """The stop of a run whose data loader met a file it cannot read: ``saved`` is the
-    checkpoint of the last good state written just before (None: nothing new to save)."""
+    checkpoint of the last good state written just before (None: nothing new to save);
+    ``skip_option`` is the command-line option that skips such files."""
     where = (f"the last good state is saved in {saved}" if saved
              else "no iteration finished since the last checkpoint")
     return TrainingStopped(f"training stopped on bad data: {message}; {where}; fix the file or "
-                           "pass --skip-bad-data, then --resume")
+                           f"pass {skip_option}, then --resume")
 
 
 def check_finite_loss(total: "torch.Tensor | float", terms: Mapping[str, "torch.Tensor | float"],

@@ -13,40 +13,33 @@ cross-entropy, no mixup, and test scores are the maximum over views (MViTv1 D.3)
 Every ``eval_period`` epochs the model is evaluated on ``val_num_clips`` x ``val_num_crops``
 views per video; after training, and with ``eval_only``, on the test views
 (``test_num_clips`` x ``test_num_crops``, the paper's protocol). Rank 0 writes, under
-``output_dir``: ``checkpoint_last.pth`` every epoch (before evaluation, and again with the
-epoch's scores), ``log.txt``, tensorboard scalars in ``tb/``, ``history.json``,
-``training_curve.png`` and ``metrics.json`` (``eval_metrics.json`` for ``eval_only``).
+``output_dir``: ``checkpoint_last.pth`` every epoch before evaluation (the one before stays as
+``checkpoint_previous.pth``), ``log.txt``, tensorboard scalars in ``tb/``, ``history.json``,
+``training_curve.png`` and ``metrics.json`` (``eval_metrics.json`` for ``eval_only``). Resuming,
+checkpoints and the stop on an unreadable video (after saving the last good state) are the
+shared :class:`~mvit_backbone.engine.epochs.EpochRun`'s.
 
 :func:`run` is the entry point; ``projects/MViTv2/train_video.py`` only parses arguments.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
-import os
-import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader, Subset
 
-from ..checkpoint import atomic_save
 from ..classification.models import create_model
+from ..data.checks import DatasetError
+from ..data.video import VideoDecodeError
 from ..data.video_synthetic import write_synthetic_videos
-from ..engine.loop import TrainLoop
-from ..engine.memory import PeakMemoryMeter
+from ..engine.epochs import EpochRun, EpochTrainConfig, run_epochs
 from ..engine.optim import make_optimizer
-from ..engine.progress import Progress
-from ..engine.runs import (CheckpointError, DistInfo, all_reduce_sum, init_distributed,
-                           load_model_state, load_training_checkpoint, load_yaml_config,
-                           plot_history, setup_run_logging)
+from ..engine.runs import DistInfo, all_reduce_sum, load_yaml_config, plot_history
 from ..engine.schedule import recipe_lr_multiplier
 from .data import (DATASET_KINDS, KINETICS_MEAN, KINETICS_STD, TestClipTransform,
                    TrainClipTransform, VideoClipDataset, read_video_list)
@@ -54,10 +47,15 @@ from .metrics import evaluate_views
 
 logger = logging.getLogger("mvit_backbone.video.train")
 
+# a video that cannot be decoded (and skip_unreadable is off) stops training with its name
+DATA_ERRORS = (DatasetError, VideoDecodeError)
+
 
 @dataclass
-class VideoTrainConfig:
-    """Every setting of a run. YAML configs and ``--set key=value`` fill these fields."""
+class VideoTrainConfig(EpochTrainConfig):
+    """Every setting of a run: the shared :class:`~mvit_backbone.engine.epochs.EpochTrainConfig`
+    with the video recipe's defaults, and the fields below. YAML configs and ``--set key=value``
+    fill these fields."""
 
     # data: list files of "<path> <label>" lines; empty train_list -> the synthetic dataset
     dataset: str = "kinetics"  # "kinetics" | "ssv2" | "charades" (sampling and labels)
@@ -86,48 +84,22 @@ class VideoTrainConfig:
     std: tuple = KINETICS_STD
     # model
     model: str = "mvitv2_s_16x4"
-    model_kwargs: dict = field(default_factory=dict)
-    drop_path: float | None = None  # None: the model's default
     head_dropout: float | None = None  # None: the model's default
-    weights: str = ""  # initial weights (any format mvit_backbone.load_checkpoint reads)
     # optimisation
     optimizer: str = "adamw"  # "adamw" | "sgd"
     momentum: float = 0.9  # sgd only
-    betas: tuple = (0.9, 0.999)  # adamw only
     epochs: int = 200
     warmup_epochs: float = 30.0
     batch_size: int = 8  # per process
     base_lr: float = 1.6e-3
-    base_batch_size: int = 512  # lr = base_lr * total batch / base_batch_size
-    warmup_start_lr: float = 1e-6
+    base_batch_size: int = 512
     end_lr: float = 1.6e-5
-    scale_start_end_lr: bool = False
-    weight_decay: float = 0.05
-    zero_decay_pos_cls: bool = True
-    clip_grad: float = 0.0
-    amp: bool = True  # used on CUDA only
-    amp_dtype: str = "float16"
     # augmentation
-    train_scale: tuple = (0.08, 1.0)
-    train_ratio: tuple = (3.0 / 4.0, 4.0 / 3.0)
-    hflip: float = 0.5
     auto_augment: str = "rand-m7-n4-mstd0.5-inc1"
     interpolation: str = "bilinear"
-    reprob: float = 0.25
-    mixup: float = 0.8
-    cutmix: float = 1.0
-    mixup_prob: float = 1.0
-    mixup_switch_prob: float = 0.5
-    label_smoothing: float = 0.1
-    repeated_aug: int = 2  # repeats per video; 1 = off
+    repeated_aug: int = 2
     # run
-    seed: int = 0
-    num_workers: int = 8
-    threads: int = 0  # torch intra-op threads per process; 0 = cores / processes - workers
-    log_period: int = 20
     eval_period: int = 1  # evaluate every N epochs (and after the last)
-    checkpoint_period: int = 0  # also keep checkpoint_{epoch}.pth every N epochs; 0 = only last
-    eval_batch_size: int = 0  # test items (clips with all their crops); 0 = batch_size
 
     def __post_init__(self):
         if self.dataset not in DATASET_KINDS:
@@ -142,10 +114,6 @@ class VideoTrainConfig:
     @property
     def multi_label(self) -> bool:
         return self.dataset == "charades"
-
-    def peak_lr(self, world_size: int) -> float:
-        """The linearly scaled learning rate for the total batch ``batch_size * world_size``."""
-        return self.base_lr * self.batch_size * world_size / self.base_batch_size
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> VideoTrainConfig:
@@ -207,29 +175,15 @@ def build_model(cfg: VideoTrainConfig, num_classes: int) -> nn.Module:
     return create_model(cfg.model, num_classes=num_classes, **kwargs)
 
 
-class _Run:
-    """State of one training or evaluation run (one per process)."""
+class _Run(EpochRun):
+    """State of one video training or evaluation run (one per process)."""
+
+    skip_option = "--skip-unreadable"
 
     def __init__(self, cfg: VideoTrainConfig, info: DistInfo):
-        self.cfg, self.info = cfg, info
-        self.out = Path(cfg.output_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
-        setup_run_logging(logger, self.out, info)
-        threads = cfg.threads or max(1, (os.cpu_count() or 1) // info.world_size - cfg.num_workers)
-        torch.set_num_threads(threads)
-        seed = cfg.seed + info.rank
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
-
+        super().__init__(cfg, info, logger)
         # the synthetic videos are written by rank 0 while the others wait
-        if info.is_main:
-            lists = dataset_lists(cfg)
-        if info.world_size > 1:
-            dist.barrier()
-        if not info.is_main:
-            lists = dataset_lists(cfg)
-        train_list, val_list, data_root, names = lists
+        train_list, val_list, data_root, names = self.main_first(lambda: dataset_lists(cfg))
         self.train_items = read_video_list(train_list, data_root or None, cfg.multi_label)
         self.val_items = read_video_list(val_list, data_root or None, cfg.multi_label)
         num_classes = cfg.num_classes or (len(names) if names else 1 + max(
@@ -238,15 +192,11 @@ class _Run:
         if len(self.classes) != num_classes:
             raise ValueError(f"{len(self.classes)} class names for {num_classes} classes")
         self.model = build_model(cfg, num_classes).to(info.device)
-        cuda_amp = cfg.amp and info.device.type == "cuda"
-        amp_dtype = getattr(torch, cfg.amp_dtype)
-        self.amp_ctx = lambda: torch.autocast("cuda", dtype=amp_dtype, enabled=cuda_amp)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=cuda_amp and amp_dtype == torch.float16)
         logger.info("model %s: %.2fM parameters, %d classes, %d train / %d val videos (%s), "
                     "clips %dx%d of %d², %d process(es), %d thread(s) each, device %s",
                     cfg.model, sum(p.numel() for p in self.model.parameters()) / 1e6, num_classes,
                     len(self.train_items), len(self.val_items), cfg.dataset, cfg.num_frames,
-                    cfg.sampling_rate, cfg.img_size, info.world_size, threads, info.device)
+                    cfg.sampling_rate, cfg.img_size, info.world_size, self.threads, info.device)
 
     @property
     def num_classes(self) -> int:
@@ -277,112 +227,33 @@ class _Run:
     def test(self, model: nn.Module) -> dict[str, float]:
         return self.evaluate(model, self.cfg.test_num_clips, self.cfg.test_num_crops, "test")
 
-    # ---------------------------------------------------------------- checkpoints
-    def _resolve_resume(self, resume: str, must_exist: bool) -> Path | None:
-        path = self.out / "checkpoint_last.pth" if resume == "auto" else Path(resume)
-        if resume == "auto" and not path.exists() and not must_exist:
-            logger.info("no checkpoint in %s; starting from scratch", self.out)
-            return None
-        return path
-
-    def _read_checkpoint(self, path: Path) -> dict[str, Any]:
-        ckpt = load_training_checkpoint(path)
-        if list(ckpt["classes"]) != list(self.classes):
-            raise CheckpointError(f"checkpoint {path} was trained on classes {ckpt['classes'][:5]}... "
-                                  f"({len(ckpt['classes'])}); this dataset has {self.classes[:5]}... "
-                                  f"({len(self.classes)})")
-        load_model_state(self.model, ckpt["model"], str(path))
-        return ckpt
-
-    def _load_weights(self) -> None:
-        from .. import load_checkpoint  # converts official layouts, inflates 2-D weights
-
-        report = load_checkpoint(self.model, self.cfg.weights, strict=False)
-        logger.info("initial weights from %s: %s", self.cfg.weights, report)
-
-    def _save(self, epoch: int, optimizer, history: list[dict[str, Any]]) -> None:
-        state = {
-            "model": self.model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "epoch": epoch,
-            "classes": list(self.classes),
-            "history": history,
-            "config": dataclasses.asdict(self.cfg),
-        }
-        atomic_save(state, self.out / "checkpoint_last.pth")
-        if self.cfg.checkpoint_period and (epoch + 1) % self.cfg.checkpoint_period == 0:
-            atomic_save(state, self.out / f"checkpoint_{epoch + 1:04d}.pth")
-
-    def _write_history(self, history: list[dict[str, Any]], tb) -> None:
-        rec = history[-1]
-        for k, v in rec.items():
-            if k.startswith("val_") or k in ("train_loss", "lr"):
-                tb.add_scalar(f"epoch/{k}", v, rec["epoch"] + 1)
-        tb.flush()
-        (self.out / "history.json").write_text(json.dumps(history, indent=1))
+    def plot(self, history: list[dict[str, Any]], path: Path) -> None:
+        """Training and validation loss, and the validation score (top-1, or mAP for
+        multi-label) per evaluated epoch, as a PNG."""
         score = "map" if self.cfg.multi_label else "top1"
-        plot_history(history, self.out / "training_curve.png",
-                     {"train": "train_loss", "val": "val_loss"},
+        plot_history(history, path, {"train": "train_loss", "val": "val_loss"},
                      {f"val {'mAP' if score == 'map' else 'top-1'}": f"val_{score}"},
                      "mAP (%)" if score == "map" else "accuracy (%)")
 
-    # ---------------------------------------------------------------- eval only
     def eval_only(self, resume: str | None) -> dict[str, Any]:
         """Test a training checkpoint (or ``cfg.weights``) on the test views."""
-        if resume:
-            path = self._resolve_resume(resume, must_exist=True)
-            ckpt = self._read_checkpoint(path)
-            source, epoch = str(path), int(ckpt["epoch"])
-        elif self.cfg.weights:
-            self._load_weights()
-            source, epoch = self.cfg.weights, -1
-        else:
-            raise CheckpointError("eval-only needs a checkpoint: pass --resume [PATH] or --weights PATH")
-        metrics = {"checkpoint": source, "epoch": epoch, **self.test(self.model)}
-        if self.info.is_main:
-            (self.out / "eval_metrics.json").write_text(json.dumps(metrics, indent=1))
-        return metrics
+        source, epoch = self.load_for_eval(resume)
+        return self.write_eval_metrics({"checkpoint": source, "epoch": epoch,
+                                        **self.test(self.model)})
 
-    # ---------------------------------------------------------------- training
     def train(self, resume: str | None) -> dict[str, Any]:
         cfg, info = self.cfg, self.info
-        from timm.data import Mixup
-        from timm.data.distributed_sampler import RepeatAugSampler
-        from timm.loss import SoftTargetCrossEntropy
-
         train_set = self._dataset(self.train_items, train=True)
-        # each process sees len(train_set) / world_size clips per epoch, every video
-        # ``repeated_aug`` times across the processes
-        sampler = RepeatAugSampler(train_set, num_replicas=info.world_size, rank=info.rank,
-                                   shuffle=True, num_repeats=cfg.repeated_aug, selected_round=0)
-        if len(sampler) < cfg.batch_size:
-            raise ValueError(f"{len(sampler)} training videos per process is less than one batch "
-                             f"of {cfg.batch_size}")
-        loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
-                            num_workers=cfg.num_workers, pin_memory=info.device.type == "cuda",
-                            persistent_workers=cfg.num_workers > 0)
-        mixup = None
-        if cfg.multi_label:
-            criterion: nn.Module = nn.BCEWithLogitsLoss()
-        elif cfg.mixup > 0 or cfg.cutmix > 0:
-            mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
-                          switch_prob=cfg.mixup_switch_prob, label_smoothing=cfg.label_smoothing,
-                          num_classes=self.num_classes)
-            criterion = SoftTargetCrossEntropy()
-        else:
-            criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        loader = self.train_loader(train_set, "videos")
+        mixup, criterion = self.mixup_and_criterion(cfg.multi_label)
 
         if cfg.weights:
-            self._load_weights()
+            self.load_weights()
         model = self.model
         peak = cfg.peak_lr(info.world_size)
         optimizer = make_optimizer(model, cfg.optimizer, peak, cfg.weight_decay,
                                    cfg.zero_decay_pos_cls, tuple(cfg.betas), cfg.momentum)
-        ddp = model
-        if info.world_size > 1:
-            ddp = nn.parallel.DistributedDataParallel(
-                model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
+        ddp = self.distributed(model)
         skipped = [0]  # unreadable training videos replaced this epoch (this process)
 
         def loss_fn(batch: dict) -> torch.Tensor:
@@ -395,49 +266,27 @@ class _Run:
 
         schedule = recipe_lr_multiplier(cfg.epochs, cfg.warmup_epochs, peak, cfg.base_lr,
                                         cfg.warmup_start_lr, cfg.end_lr, cfg.scale_start_end_lr)
-        # made before a resumed optimizer state is loaded: the loop records each group's peak
-        # lr in the optimizer, and the saved state brings it back
-        loop = TrainLoop(ddp, optimizer, loss_fn, schedule, scaler=self.scaler,
-                         clip_grad=cfg.clip_grad, autocast=self.amp_ctx,
-                         log_period=cfg.log_period, log=logger)
-        history: list[dict[str, Any]] = []
-        start_epoch = 0
-        path = self._resolve_resume(resume, must_exist=resume != "auto") if resume else None
-        if path is not None:
-            ckpt = self._read_checkpoint(path)
-            try:
-                optimizer.load_state_dict(ckpt["optimizer"])
-            except (ValueError, KeyError) as e:
-                raise CheckpointError(f"checkpoint {path}: optimizer state does not fit: {e}") from e
-            if "scaler" in ckpt:
-                self.scaler.load_state_dict(ckpt["scaler"])
-            history = list(ckpt["history"])
-            start_epoch = int(ckpt["epoch"]) + 1
-            logger.info("resumed from %s at epoch %d", path, start_epoch)
+        loop = self.train_loop(ddp, optimizer, loss_fn, schedule)
+        resumed = self.resume(resume, optimizer)
+        history, skip_batches = resumed.history, resumed.skip_batches
 
-        tb = None
-        if info.is_main:
-            from torch.utils.tensorboard import SummaryWriter
-
-            tb = SummaryWriter(str(self.out / "tb"))
+        tb = self.tensorboard()
         iters = len(loader)
         logger.info("training %d epochs from epoch %d: %d iterations/epoch, total batch %d, "
-                    "peak lr %.3g (%s), warm-up %.1f epochs", cfg.epochs, start_epoch, iters,
-                    cfg.batch_size * info.world_size, peak, cfg.optimizer, cfg.warmup_epochs)
-        progress = Progress(cfg.epochs * iters, done=start_epoch * iters,
-                            memory=PeakMemoryMeter(info.device))
+                    "peak lr %.3g (%s), warm-up %.1f epochs", cfg.epochs, resumed.start_epoch,
+                    iters, cfg.batch_size * info.world_size, peak, cfg.optimizer,
+                    cfg.warmup_epochs)
+        progress = self.progress(iters, resumed)
 
-        def after_step(iteration: int, metrics: dict[str, float]) -> None:
-            if tb is not None and (iteration + 1) % cfg.log_period == 0:
-                tb.add_scalar("train/loss", metrics["loss"], iteration)
-                tb.add_scalar("train/lr", metrics["lr"], iteration)
+        def state(epoch: int, partial_epoch_iterations: int = 0) -> dict[str, Any]:
+            return self.training_state(optimizer, epoch, history, partial_epoch_iterations)
 
         t_start = time.time()
-        for epoch in range(start_epoch, cfg.epochs):
-            sampler.set_epoch(epoch)
+        for epoch in range(resumed.start_epoch, cfg.epochs):
             t_epoch, skipped[0] = time.time(), 0
-            stats = loop.run(loader, progress, on_step=after_step,
-                             prefix=f"epoch {epoch + 1}/{cfg.epochs}  ")
+            stats = self.run_epoch(loop, loader, progress, epoch, skip_batches, state,
+                                   self.step_logger(tb), DATA_ERRORS)
+            skip_batches = 0
             # every process runs the same number of equal batches (drop_last)
             loss_total, skipped_total = all_reduce_sum([stats["loss"], skipped[0]], info)
             record: dict[str, Any] = {"epoch": epoch, "lr": peak * schedule(epoch / cfg.epochs),
@@ -445,12 +294,13 @@ class _Run:
                                       "train_skipped": int(skipped_total),
                                       "epoch_time_s": time.time() - t_epoch}
             history.append(record)
+            # the epoch's training is saved before its evaluation, which may fail (a broken
+            # validation video) or be interrupted
             if info.is_main:
-                self._save(epoch, optimizer, history)
+                self.save(state(epoch), epoch)
             if (epoch + 1) % cfg.eval_period == 0 or epoch + 1 == cfg.epochs:
-                record.update(self.evaluate(model, cfg.val_num_clips, cfg.val_num_crops, "val"))
-                if info.is_main:
-                    self._save(epoch, optimizer, history)
+                with self.stop_on_bad_eval_data(DATA_ERRORS):
+                    record.update(self.evaluate(model, cfg.val_num_clips, cfg.val_num_crops, "val"))
             record["elapsed_s"] = time.time() - t_start
             logger.info("epoch %d/%d done in %.1fs: train loss %.4f", epoch + 1, cfg.epochs,
                         record["epoch_time_s"], record["train_loss"])
@@ -458,28 +308,17 @@ class _Run:
                 logger.warning("epoch %d: %d unreadable training videos skipped", epoch + 1,
                                record["train_skipped"])
             if info.is_main:
-                self._write_history(history, tb)
+                self.write_history(history, tb, self.plot)
         metrics: dict[str, Any] = {"epochs": cfg.epochs, "history": history}
-        metrics["final"] = self.test(model)
-        metrics["train_time_s"] = time.time() - t_start
-        if tb is not None:
-            tb.close()
-        if info.is_main:
-            (self.out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-            logger.info("final: %s", json.dumps(metrics["final"]))
-        return metrics
+        with self.stop_on_bad_eval_data(DATA_ERRORS):
+            metrics["final"] = self.test(model)
+        return self.finish(metrics, tb, t_start)
 
 
 def run(cfg: VideoTrainConfig, resume: str | None = None, eval_only: bool = False) -> dict[str, Any]:
     """Train (or with ``eval_only`` test) under the current process group; returns metrics.
 
-    ``resume``: ``None`` (fresh start), ``"auto"`` (``output_dir/checkpoint_last.pth`` if it
-    exists) or a checkpoint path (must exist).
+    ``resume``: ``None`` (fresh start), ``"auto"`` (the newest intact checkpoint of
+    ``output_dir``, if any) or a checkpoint path (must exist).
     """
-    info = init_distributed()
-    try:
-        r = _Run(cfg, info)
-        return r.eval_only(resume) if eval_only else r.train(resume)
-    finally:
-        if info.world_size > 1 and dist.is_initialized():
-            dist.destroy_process_group()
+    return run_epochs(lambda info: _Run(cfg, info), resume, eval_only)

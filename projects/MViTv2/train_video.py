@@ -16,7 +16,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mvit_backbone.engine.runs import parse_set_overrides
+from mvit_backbone.engine.loop import TrainingStopped
+from mvit_backbone.engine.runs import CheckpointError, parse_set_overrides
 from mvit_backbone.video.train import load_config, run
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "video" / "synthetic.yaml"
@@ -59,4 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, CheckpointError, TrainingStopped) as e:
+        raise SystemExit(f"error: {e}") from None
