@@ -11,6 +11,7 @@ to training or evaluation.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import json
@@ -21,7 +22,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -42,7 +43,7 @@ from .loop import NonFiniteLossError, TrainLoop, stopped_on_bad_data, stopped_on
 from .memory import PeakMemoryMeter
 from .progress import Progress
 from .runs import (CheckpointError, DistInfo, init_distributed, load_model_state,
-                   load_training_checkpoint, setup_run_logging)
+                   load_training_checkpoint, parse_set_overrides, setup_run_logging)
 
 LAST_CHECKPOINT = "checkpoint_last.pth"
 PREVIOUS_CHECKPOINT = "checkpoint_previous.pth"
@@ -444,3 +445,32 @@ def run_epochs(make_run: Callable[[DistInfo], EpochRun], resume: str | None = No
     finally:
         if info.world_size > 1 and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def epoch_run_parser(description: str, default_config: str, eval_help: str,
+                     weights_help: str) -> argparse.ArgumentParser:
+    """The command line both epoch trainers share (config, output, budget, weights, resume,
+    eval-only, ``--set`` overrides); each entry point adds its data flags."""
+    p = argparse.ArgumentParser(description=description,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config-file", "--config", dest="config", default=default_config,
+                   help="YAML config (default: %(default)s)")
+    p.add_argument("--output-dir", help="where checkpoints, logs, metrics and plots go")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int, help="per process")
+    p.add_argument("--weights", help=weights_help)
+    p.add_argument("--resume", nargs="?", const="auto", default=None,
+                   help="continue from PATH, or from OUTPUT_DIR/checkpoint_last.pth if no PATH")
+    p.add_argument("--eval-only", action="store_true", help=eval_help)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config field; VALUE is parsed as YAML, numbers such as 1e6 "
+                        "as numbers; a value of the wrong type is an error (repeatable)")
+    return p
+
+
+def overrides_from_args(args: argparse.Namespace, fields: Sequence[str]) -> dict[str, Any]:
+    """Config overrides from the command line: the given ``fields`` that were set (flags that
+    are switched on count as True), then the ``--set`` items."""
+    overrides = {f: getattr(args, f) for f in fields if getattr(args, f) not in (None, False)}
+    overrides.update(parse_set_overrides(args.set))
+    return overrides

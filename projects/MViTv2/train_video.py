@@ -17,45 +17,30 @@ import argparse
 from pathlib import Path
 
 from mvit_backbone.engine.loop import TrainingStopped
-from mvit_backbone.engine.runs import CheckpointError, parse_set_overrides
+from mvit_backbone.engine.epochs import epoch_run_parser, overrides_from_args
+from mvit_backbone.engine.runs import CheckpointError
 from mvit_backbone.video.train import load_config, run
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "video" / "synthetic.yaml"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config-file", "--config", dest="config", default=str(DEFAULT_CONFIG),
-                   help="YAML config (default: %(default)s)")
+    p = epoch_run_parser(__doc__, str(DEFAULT_CONFIG),
+                         eval_help="test the --resume checkpoint (or --weights) on the test views",
+                         weights_help="initial weights: any checkpoint load_checkpoint reads "
+                                      "(2-D ImageNet weights are inflated)")
     p.add_argument("--train-list", help="training videos, '<path> <label>' per line (default: synthetic)")
     p.add_argument("--val-list", help="validation/test videos, same format")
     p.add_argument("--data-root", help="folder the lists' relative paths start from")
-    p.add_argument("--output-dir", help="where checkpoints, logs, metrics and plots go")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int, help="per process")
-    p.add_argument("--weights", help="initial weights: any checkpoint load_checkpoint reads "
-                   "(2-D ImageNet weights are inflated)")
-    p.add_argument("--resume", nargs="?", const="auto", default=None,
-                   help="continue from PATH, or from OUTPUT_DIR/checkpoint_last.pth if no PATH")
-    p.add_argument("--eval-only", action="store_true",
-                   help="test the --resume checkpoint (or --weights) on the test views")
     p.add_argument("--skip-unreadable", action="store_true",
                    help="skip (and count) videos that cannot be decoded instead of stopping")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config field; VALUE is parsed as YAML (repeatable)")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    overrides = {k: v for k, v in (
-        ("train_list", args.train_list), ("val_list", args.val_list),
-        ("data_root", args.data_root), ("output_dir", args.output_dir),
-        ("epochs", args.epochs), ("batch_size", args.batch_size),
-        ("weights", args.weights)) if v is not None}
-    if args.skip_unreadable:
-        overrides["skip_unreadable"] = True
-    overrides.update(parse_set_overrides(args.set))
+    overrides = overrides_from_args(args, ("train_list", "val_list", "data_root", "output_dir",
+                                           "epochs", "batch_size", "weights", "skip_unreadable"))
     return run(load_config(args.config, overrides), resume=args.resume, eval_only=args.eval_only)
 
 
