@@ -14,6 +14,7 @@ name heuristics are detectron2's. What differs:
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -21,6 +22,9 @@ from detectron2.checkpoint import DetectionCheckpointer
 
 from .reader import CheckpointReadError, read_checkpoint
 from .saving import atomic_save, atomic_write_text, checkpoint_candidates, load_newest_intact
+
+# our own messages under our name (fvcore's checkpoint logger may be set up not to propagate)
+logger = logging.getLogger(__name__)
 
 CHECKPOINT_PATTERN = "model_*.pth"  # what detectron2's PeriodicCheckpointer writes
 
@@ -68,8 +72,8 @@ class SafeDetectionCheckpointer(DetectionCheckpointer):
             return super().resume_or_load(path, resume=resume)
         tagged = self.get_checkpoint_file()
         if not tagged:
-            self.logger.warning(f"{os.path.join(self.save_dir, 'last_checkpoint')} is empty or "
-                                "missing; looking for the newest intact checkpoint")
+            logger.warning(f"{os.path.join(self.save_dir, 'last_checkpoint')} is empty or "
+                           "missing; looking for the newest intact checkpoint")
         candidates = checkpoint_candidates(self.save_dir, CHECKPOINT_PATTERN, tagged or None)
         found, data = load_newest_intact(candidates, lambda p: self._read_dict(str(p)))
         self.resumed_from = str(found)
