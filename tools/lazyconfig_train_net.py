@@ -11,7 +11,6 @@ from functools import partial
 
 from mvit_backbone.engine import argument_parser, do_eval_only, do_train, launch_main
 from mvit_backbone.engine.cli import (
-    HelpFormatter,
     check_datasets_registered,
     load_lazy_config,
     register_config_datasets,
@@ -39,10 +38,5 @@ def main(args):
 
 
 if __name__ == "__main__":
-    parser = argument_parser()
-    parser.description, parser.formatter_class = __doc__, HelpFormatter
-    parser.epilog = f"example:\n  {EXAMPLE}"
-    parser.add_argument("--debug", action="store_true",
-                        help="show the full traceback of an error instead of one line")
-    args = parser.parse_args()
+    args = argument_parser(__doc__, EXAMPLE).parse_args()
     run_tool(partial(launch_main, main), args)

@@ -6,7 +6,7 @@ Without a GPU a config whose MODEL.DEVICE is cuda runs on the CPU.
 from functools import partial
 
 from mvit_backbone.engine import argument_parser, launch_main, run_yacs
-from mvit_backbone.engine.cli import HelpFormatter, run_tool
+from mvit_backbone.engine.cli import run_tool
 
 EXAMPLE = ("tools/train_net.py --config-file <detectron2 model_zoo>/COCO-InstanceSegmentation/"
            "mask_rcnn_R_50_FPN_3x.yaml MODEL.BACKBONE.NAME build_mvitv2_fpn_backbone "
@@ -14,10 +14,5 @@ EXAMPLE = ("tools/train_net.py --config-file <detectron2 model_zoo>/COCO-Instanc
 
 
 if __name__ == "__main__":
-    parser = argument_parser()
-    parser.description, parser.formatter_class = __doc__, HelpFormatter
-    parser.epilog = f"example:\n  {EXAMPLE}"
-    parser.add_argument("--debug", action="store_true",
-                        help="show the full traceback of an error instead of one line")
-    args = parser.parse_args()
+    args = argument_parser(__doc__, EXAMPLE).parse_args()
     run_tool(partial(launch_main, run_yacs), args)

@@ -14,10 +14,19 @@ from .data import register_coco_datasets
 from .loop import TrainingStopped
 
 
-def argument_parser() -> argparse.ArgumentParser:
+def argument_parser(description: str | None = None,
+                    example: str | None = None) -> argparse.ArgumentParser:
     """detectron2's ``default_argument_parser`` plus ``--register-coco NAME JSON IMAGE_DIR``,
-    ``--check-data`` and ``--skip-bad-data``."""
+    ``--check-data``, ``--skip-bad-data`` and ``--debug``; ``--help`` shows the defaults, the
+    tool's ``description`` and one ``example``."""
+    from .cli import HelpFormatter
+
     parser = default_argument_parser()
+    parser.description, parser.formatter_class = description, HelpFormatter
+    if example:
+        parser.epilog = f"example:\n  {example}"
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error instead of one line")
     parser.add_argument("--register-coco", nargs=3, action="append", default=[],
                         metavar=("NAME", "JSON", "IMAGE_DIR"),
                         help="register a COCO-format dataset under NAME (repeatable)")
