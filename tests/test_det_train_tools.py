@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,9 +17,9 @@ import torch
 from detectron2 import model_zoo
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
-from detectron2.data import get_detection_dataset_dicts
 from detectron2.modeling import MViT as D2MViT
-from PIL import Image, ImageDraw
+from helpers.tiny_coco import write_tiny_coco
+from PIL import Image
 
 from mvit_backbone.engine import build_model, load_weights, predict_images, register_coco_dataset
 
@@ -32,30 +33,9 @@ FEW_ROIS = (
 
 
 def _write_split(root, split: str, n: int, rng: np.random.Generator) -> str:
-    """n JPEGs (64x96, 1-2 rectangles of 2 classes) and a COCO instances json with polygons."""
-    image_dir = os.path.join(root, split)
-    os.makedirs(image_dir, exist_ok=True)
-    images, annotations = [], []
-    for i in range(n):
-        image = Image.new("RGB", (96, 64), tuple(int(v) for v in rng.integers(0, 80, 3)))
-        draw = ImageDraw.Draw(image)
-        for _ in range(int(rng.integers(1, 3))):
-            x0, y0 = int(rng.integers(0, 50)), int(rng.integers(0, 30))
-            x1, y1 = x0 + int(rng.integers(16, 46)), y0 + int(rng.integers(16, 34))
-            category = int(rng.integers(1, 3))
-            draw.rectangle([x0, y0, x1, y1], fill=(230, 40, 40) if category == 1 else (40, 40, 230))
-            annotations.append(dict(
-                id=len(annotations) + 1, image_id=i + 1, category_id=category, iscrowd=0,
-                bbox=[x0, y0, x1 - x0, y1 - y0], area=(x1 - x0) * (y1 - y0),
-                segmentation=[[x0, y0, x1, y0, x1, y1, x0, y1]],
-            ))
-        name = f"{i:03d}.jpg"
-        image.save(os.path.join(image_dir, name))
-        images.append(dict(id=i + 1, file_name=name, width=96, height=64))
-    categories = [dict(id=1, name="red"), dict(id=2, name="blue")]
+    """n JPEGs in root/split and their COCO json root/split.json."""
     json_file = os.path.join(root, f"{split}.json")
-    with open(json_file, "w") as f:
-        json.dump(dict(images=images, annotations=annotations, categories=categories), f)
+    write_tiny_coco(Path(root) / split, Path(json_file), n, rng)
     return json_file
 
 

@@ -20,7 +20,8 @@ import torch.nn as nn
 from detectron2.config import LazyConfig
 from detectron2.data import DatasetCatalog, DatasetMapper, get_detection_dataset_dicts
 from detectron2.engine import SimpleTrainer, hooks
-from PIL import Image, ImageDraw
+from helpers.tiny_coco import write_tiny_coco
+from PIL import Image
 
 from mvit_backbone.checkpoint import SafeDetectionCheckpointer
 from mvit_backbone.checkpoint.reader import CheckpointReadError
@@ -40,29 +41,9 @@ KILL_DRIVER = REPO / "tests" / "helpers" / "kill_during_save.py"
 
 
 def write_coco(root: Path, n: int = 4, seed: int = 0) -> tuple[Path, Path]:
-    """n JPEGs (64x96, 1-2 rectangles of 2 classes) and their COCO json (boxes and polygons)."""
-    rng = np.random.default_rng(seed)
-    image_dir = root / "images"
-    image_dir.mkdir(parents=True, exist_ok=True)
-    images, annotations = [], []
-    for i in range(n):
-        image = Image.new("RGB", (96, 64), tuple(int(v) for v in rng.integers(0, 80, 3)))
-        draw = ImageDraw.Draw(image)
-        for _ in range(int(rng.integers(1, 3))):
-            x0, y0 = int(rng.integers(0, 50)), int(rng.integers(0, 30))
-            x1, y1 = x0 + int(rng.integers(16, 46)), y0 + int(rng.integers(16, 34))
-            category = int(rng.integers(1, 3))
-            draw.rectangle([x0, y0, x1, y1], fill=(230, 40, 40) if category == 1 else (40, 40, 230))
-            annotations.append(dict(
-                id=len(annotations) + 1, image_id=i + 1, category_id=category, iscrowd=0,
-                bbox=[x0, y0, x1 - x0, y1 - y0], area=(x1 - x0) * (y1 - y0),
-                segmentation=[[x0, y0, x1, y0, x1, y1, x0, y1]],
-            ))
-        image.save(image_dir / f"{i:03d}.jpg")
-        images.append(dict(id=i + 1, file_name=f"{i:03d}.jpg", width=96, height=64))
-    json_file = root / "instances.json"
-    json_file.write_text(json.dumps(dict(images=images, annotations=annotations, categories=[
-        dict(id=1, name="red"), dict(id=2, name="blue")])))
+    """n JPEGs in root/images and their COCO json root/instances.json."""
+    json_file, image_dir = root / "instances.json", root / "images"
+    write_tiny_coco(image_dir, json_file, n, np.random.default_rng(seed))
     return json_file, image_dir
 
 
