@@ -3,12 +3,14 @@ gradcheck, and the one rel-pos owner against brute force."""
 import inspect
 import itertools
 import math
+from unittest import mock
 
 import pytest
 import torch
 from torch.autograd import gradcheck
 
 import mvit_backbone
+import mvit_backbone.kernels as kernels
 from mvit_backbone import MViT
 from mvit_backbone.detection.config import _NOT_KEYS, add_mvitv2_config, mvit_arguments
 from mvit_backbone.kernels import (
@@ -23,6 +25,7 @@ from mvit_backbone.kernels import (
     sdpa_attend,
 )
 from mvit_backbone.kernels.linear import mlp_forward, norm_linear, onednn_applies
+from mvit_backbone.kernels.pool import depthwise_conv
 from mvit_backbone.layers import (
     Mlp,
     MultiScaleBlock,
@@ -117,6 +120,28 @@ def test_linear_nodes_pass_gradcheck():
     assert gradcheck(lambda x, *_: mlp_forward(mlp, x, norm), (x, mlp.fc1.weight, mlp.fc2.bias))
 
 
+@pytest.mark.parametrize("grid,kernel,stride,padding", [
+    ((5, 6, 7), (3, 3, 3), (1, 1, 1), (1, 1, 1)),  # Q/K/V pooling without stride
+    ((5, 6, 7), (3, 3, 3), (1, 2, 2), (1, 1, 1)),  # Q at a stage transition (zero-insert conv)
+    ((4, 17, 16), (3, 3, 3), (2, 8, 8), (1, 1, 1)),  # adaptive K/V stride (per-tap adds)
+    ((3, 5, 6), (3, 5, 5), (2, 3, 3), (1, 2, 2)),
+    ((3, 4, 5), (2, 2, 2), (2, 2, 2), (0, 0, 0)),  # even kernel, no padding
+], ids=["stride1", "stride122", "stride288", "kernel355", "even"])
+def test_depthwise_conv3d_node_passes_gradcheck(grid, kernel, stride, padding):
+    """The 3-D pooling conv's hand-written backward against finite differences (float64) and
+    against PyTorch's conv3d backward, on a channels-last input as the attention pools it."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, *grid, 3, dtype=torch.float64, generator=g).movedim(-1, 1).requires_grad_()
+    w = torch.randn(3, 1, *kernel, dtype=torch.float64, generator=g, requires_grad=True)
+    assert gradcheck(lambda x, w: depthwise_conv(x, w, stride, padding), (x, w))
+    out = depthwise_conv(x, w, stride, padding)
+    ref = torch.nn.functional.conv3d(x, w, None, stride, padding, groups=3)
+    torch.testing.assert_close(out, ref)
+    grad = torch.randn(ref.shape, dtype=torch.float64, generator=g)
+    for ours, theirs in zip(torch.autograd.grad(out, (x, w), grad), torch.autograd.grad(ref, (x, w), grad)):
+        torch.testing.assert_close(ours, theirs)
+
+
 # ---------------------------------------------------------------- policies equal the reference
 def _grads(model, x, policy):
     model.kernels = policy
@@ -137,13 +162,16 @@ def _assert_policies_agree(model, x):
             for name, value in model(x).items():
                 torch.testing.assert_close(value, ref[name], atol=1e-5, rtol=1e-5)
     ref_out, ref_grads = _grads(model, x, "reference")
-    for policy in KERNEL_POLICIES:
-        out, grads = _grads(model, x, policy)
+    # training takes PyTorch's autograd below RECOMPUTE_MIN_PIXELS and the recomputing oneDNN
+    # block above it: both, on the same small input
+    for policy, lean_from in [*((p, RECOMPUTE_MIN_PIXELS) for p in KERNEL_POLICIES), ("auto", 0)]:
+        with mock.patch.object(kernels, "RECOMPUTE_MIN_PIXELS", lean_from):
+            out, grads = _grads(model, x, policy)
         for name in ref_out:
             torch.testing.assert_close(out[name], ref_out[name], atol=1e-5, rtol=1e-5)
         for name, g in ref_grads.items():
             scale = max(g.abs().max().item(), 1.0)  # as the detectron2 gradient parity
-            assert (grads[name] - g).abs().max().item() <= 1e-4 * scale, (policy, name)
+            assert (grads[name] - g).abs().max().item() <= 1e-4 * scale, (policy, lean_from, name)
 
 
 SMALL_2D = dict(embed_dim=32, depth=4, num_heads=1, last_block_indexes=(0, 1, 2, 3),
@@ -224,9 +252,11 @@ def test_auto_picks_by_device_dtype_grad_and_size():
     with torch.no_grad():
         assert plan_block("auto", glob, x, (16, 16)).attend is sdpa_attend
     assert plan_block("auto", window, x, (16, 16)).attend is (explicit_attend if fast else sdpa_attend)
-    # recompute in backward only for large inputs
-    assert plan_block("auto", window, x, (16, 16), RECOMPUTE_MIN_PIXELS).recompute == fast
-    assert not plan_block("auto", window, x, (16, 16), 224 * 224 * 4).recompute
+    # training: the recomputing oneDNN block for large inputs, PyTorch's autograd for small ones
+    large = plan_block("auto", window, x, (16, 16), RECOMPUTE_MIN_PIXELS)
+    assert large.recompute == fast and large.fast_block == fast
+    small = plan_block("auto", window, x, (16, 16), 224 * 224 * 4)
+    assert not small.recompute and not small.fast_block
     assert plan_block("auto", glob, x, (16, 16)).attend is (explicit_attend if fast else sdpa_attend)
     big = torch.randn(1, 160 * 160, 32)
     assert 160 * 160 * 80 * 80 > EXPLICIT_MAX_ELEMENTS

@@ -8,11 +8,13 @@ A trunk runs every block through :func:`run_block` with its ``kernels`` policy:
 - ``"auto"`` (default): per call, by what the input is and whether gradients are recorded
   (:func:`plan_block`):
 
-  * CPU, float32, no autocast: :func:`.block.block_forward` (oneDNN linears, fused norms,
-    and, for inputs of at least ``RECOMPUTE_MIN_PIXELS`` (batch x frames x height x width),
-    recompute in backward); attention by :func:`.attention.sdpa_attend` in inference, and in
-    training with rel-pos by :func:`.attention.explicit_attend` for windows and for small global
-    maps, :func:`.attention.folded_attend` for large global maps.
+  * CPU, float32, no autocast: in inference :func:`.block.block_forward` (oneDNN linears,
+    the MLP in token chunks) with :func:`.attention.sdpa_attend`. In training, for inputs of at
+    least ``RECOMPUTE_MIN_PIXELS`` (batch x frames x height x width) :func:`.block.block_forward`
+    with recompute in backward (fused norms, the faster 3-D pooling backward of :mod:`.pool`),
+    below it the block's own forward (PyTorch's autograd); attention with rel-pos by
+    :func:`.attention.explicit_attend` for windows and small global maps,
+    :func:`.attention.folded_attend` for large global maps.
   * anything else (CUDA, autocast, half precision): the block's own forward with
     :func:`.attention.sdpa_attend` (the fused kernels of the device).
   * while tracing, scripting, compiling or exporting: ``"reference"``, so that FLOP counters
@@ -40,8 +42,10 @@ KERNEL_POLICIES = ("auto", "reference")
 # Global attention in CPU training keeps its probabilities (explicit) up to this many elements
 # per call (B x heads x Lq x Lk; 64 MiB in fp32); beyond it, the folded flash kernel keeps none.
 EXPLICIT_MAX_ELEMENTS = 1 << 24
-# Recompute in backward saves memory at a cost in time; below one 512² image per step (e.g. a
-# 224² classifier at batch 4) the activations are small and storing them is faster.
+# The training block that recomputes in backward saves memory at a cost in time; below one 512²
+# image per step (e.g. a 224² classifier at batch 4) the activations are small, and PyTorch's
+# autograd through the plain block, which stores them, is faster (tools/benchmark_backbone.py
+# --timm).
 RECOMPUTE_MIN_PIXELS = 512 * 512
 
 logger = logging.getLogger(__name__)
@@ -97,16 +101,16 @@ def plan_block(
     attn = block.attn
     if not torch.is_grad_enabled():
         return BlockPlan(True, sdpa_attend)
-    recompute = input_pixels >= RECOMPUTE_MIN_PIXELS
+    lean = input_pixels >= RECOMPUTE_MIN_PIXELS
     if not attn.use_rel_pos:
-        return BlockPlan(True, sdpa_attend, recompute)
+        return BlockPlan(lean, sdpa_attend, lean)
     if attn.window_size:
-        return BlockPlan(True, explicit_attend, recompute)
+        return BlockPlan(lean, explicit_attend, lean)
     q_len = attn.num_prefix + math.prod(-(-s // st) for s, st in zip(shape, attn.cfg.stride_q))
     k_len = attn.num_prefix + math.prod(-(-s // st) for s, st in zip(shape, attn.cfg.stride_kv))
     if x.shape[0] * attn.num_heads * q_len * k_len <= EXPLICIT_MAX_ELEMENTS:
-        return BlockPlan(True, explicit_attend, recompute)
-    return BlockPlan(True, folded_attend, recompute)
+        return BlockPlan(lean, explicit_attend, lean)
+    return BlockPlan(lean, folded_attend, lean)
 
 
 def run_block(

@@ -31,6 +31,7 @@ from torch.utils.checkpoint import checkpoint
 from ..layers.attention import AttendFn, MultiScaleAttention, attention_pool
 from ..layers.blocks import MultiScaleBlock
 from .linear import TOKEN_CHUNK, linear, mlp_forward, norm_linear
+from .pool import depthwise_conv
 
 
 def _project_and_pool(
@@ -49,7 +50,7 @@ def _project_and_pool(
     pooled, shapes = [], []
     for projected, (_, pools, norms) in zip(norm_linear(x, norm, projections), parts):
         projected = projected.reshape(b, n, len(pools), attn.num_heads, -1)
-        args = (projected, shape, pools, norms, attn.num_prefix)
+        args = (projected, shape, pools, norms, attn.num_prefix, depthwise_conv)
         if recompute_pool and any(m is not None for m in norms):
             out, out_shape = checkpoint(attention_pool, *args, use_reentrant=False)
         else:

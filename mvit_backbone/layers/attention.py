@@ -55,6 +55,21 @@ def attention_probs(
     return logits.softmax(dim=-1)
 
 
+class DepthwiseConvFn(Protocol):
+    """conv(x, weight, stride, padding, groups=C) without bias; x: (B, C, *grid), weight
+    (C, 1, *kernel)."""
+
+    def __call__(self, x: torch.Tensor, weight: torch.Tensor, stride: Sequence[int],
+                 padding: Sequence[int]) -> torch.Tensor: ...
+
+
+def plain_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, stride: Sequence[int],
+                         padding: Sequence[int]) -> torch.Tensor:
+    """The reference :class:`DepthwiseConvFn`."""
+    conv = F.conv2d if x.dim() == 4 else F.conv3d
+    return conv(x, weight, None, stride, padding, groups=x.shape[1])
+
+
 def attend(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -170,6 +185,7 @@ def attention_pool(
     pools: Sequence[nn.Module],
     norms: Sequence[nn.Module | None],
     num_prefix: int,
+    depthwise_conv: DepthwiseConvFn | None = None,
 ) -> tuple[list[torch.Tensor], tuple[int, ...]]:
     """Pools G tensors of per-head tokens on their grid, all heads and tensors in one call.
 
@@ -180,6 +196,8 @@ def attention_pool(
             repeated per head and the G weights stacked, for one grouped conv) or a max/avg
             pooling (channel-wise, so the first one serves all tensors).
         norms: per tensor, LayerNorm over C (per head) or None.
+        depthwise_conv: computes the conv pooling (default: ``F.conv2d``/``F.conv3d``);
+            ``mvit_backbone.kernels`` passes a faster one.
 
     The class token bypasses the pooling and rejoins before the norm (as in the official code).
     Returns G tensors (B, num_prefix + prod(pooled shape), heads, C) and the pooled grid shape.
@@ -197,8 +215,7 @@ def attention_pool(
     if isinstance(first, (nn.Conv2d, nn.Conv3d)):
         ones = (1,) * (first.weight.dim() - 1)
         weight = torch.cat([p.weight.repeat(heads, *ones) for p in pools])
-        conv = F.conv2d if grid.dim() == 4 else F.conv3d
-        pooled = conv(grid, weight, None, first.stride, first.padding, groups=grid.shape[1])
+        pooled = (depthwise_conv or plain_depthwise_conv)(grid, weight, first.stride, first.padding)
     else:
         pooled = first(grid)
     new_shape = tuple(pooled.shape[2:])
