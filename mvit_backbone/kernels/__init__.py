@@ -11,8 +11,9 @@ A trunk runs every block through :func:`run_block` with its ``kernels`` policy:
   * CPU, float32, no autocast: in inference :func:`.block.block_forward` (oneDNN linears,
     the MLP in token chunks) with :func:`.attention.sdpa_attend`. In training, for inputs of at
     least ``RECOMPUTE_MIN_PIXELS`` (batch x frames x height x width) :func:`.block.block_forward`
-    with recompute in backward (fused norms, the faster 3-D pooling backward of :mod:`.pool`),
-    below it the block's own forward (PyTorch's autograd); attention with rel-pos by
+    with recompute in backward (norms fused into the projections),
+    below it the block's own forward (PyTorch's autograd); 3-D pooling convs by
+    :func:`.pool.depthwise_conv` in both; attention with rel-pos by
     :func:`.attention.explicit_attend` for windows and small global maps,
     :func:`.attention.folded_attend` for large global maps.
   * anything else (CUDA, autocast, half precision): the block's own forward with
@@ -32,11 +33,18 @@ from typing import Sequence
 
 import torch
 
-from ..layers.attention import AttendFn, attend
+from ..layers.attention import (
+    AttendFn,
+    DepthwiseConvFn,
+    MultiScaleAttention,
+    attend,
+    plain_depthwise_conv,
+)
 from ..layers.blocks import MultiScaleBlock
 from .attention import explicit_attend, folded_attend, sdpa_attend
 from .block import block_forward
 from .linear import onednn_applies
+from .pool import depthwise_conv
 
 KERNEL_POLICIES = ("auto", "reference")
 # Global attention in CPU training keeps its probabilities (explicit) up to this many elements
@@ -66,11 +74,13 @@ def eager_mode() -> bool:
 @dataclass(frozen=True)
 class BlockPlan:
     """How one block call is computed: ``fast_block`` (:func:`.block.block_forward`, with
-    ``recompute`` in training; else the block's own forward) with ``attend``."""
+    ``recompute`` in training, and the pooling of :mod:`.pool`; else the block's own forward
+    with ``depthwise_conv``) with ``attend``."""
 
     fast_block: bool
     attend: AttendFn
     recompute: bool = False
+    depthwise_conv: DepthwiseConvFn = plain_depthwise_conv
 
     def describe(self) -> str:
         block = "plain block"
@@ -102,15 +112,21 @@ def plan_block(
     if not torch.is_grad_enabled():
         return BlockPlan(True, sdpa_attend)
     lean = input_pixels >= RECOMPUTE_MIN_PIXELS
+    return BlockPlan(lean, _training_attend(attn, x, shape), lean, depthwise_conv)
+
+
+def _training_attend(attn: MultiScaleAttention, x: torch.Tensor, shape: Sequence[int]) -> AttendFn:
+    """The attend of CPU float32 training: SDPA without rel-pos, else explicit for windows and
+    small global maps, folded for large ones."""
     if not attn.use_rel_pos:
-        return BlockPlan(lean, sdpa_attend, lean)
+        return sdpa_attend
     if attn.window_size:
-        return BlockPlan(lean, explicit_attend, lean)
+        return explicit_attend
     q_len = attn.num_prefix + math.prod(-(-s // st) for s, st in zip(shape, attn.cfg.stride_q))
     k_len = attn.num_prefix + math.prod(-(-s // st) for s, st in zip(shape, attn.cfg.stride_kv))
     if x.shape[0] * attn.num_heads * q_len * k_len <= EXPLICIT_MAX_ELEMENTS:
-        return BlockPlan(lean, explicit_attend, lean)
-    return BlockPlan(lean, folded_attend, lean)
+        return explicit_attend
+    return folded_attend
 
 
 def run_block(
@@ -128,7 +144,7 @@ def run_block(
                     "training" if kind[3] else "inference", plan.describe())
     if plan.fast_block:
         return block_forward(block, x, shape, plan.attend, plan.recompute)
-    return block(x, shape, plan.attend)
+    return block(x, shape, plan.attend, plan.depthwise_conv)
 
 
 __all__ = [
@@ -138,6 +154,7 @@ __all__ = [
     "BlockPlan",
     "block_forward",
     "check_policy",
+    "depthwise_conv",
     "eager_mode",
     "explicit_attend",
     "folded_attend",

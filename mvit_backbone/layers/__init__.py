@@ -3,11 +3,13 @@ patch embedding. (How it is computed fast lives in ``mvit_backbone.kernels``.)""
 from .attention import (
     WINDOW_PADDINGS,
     AttentionConfig,
+    DepthwiseConvFn,
     MultiScaleAttention,
     attend,
     attention_pool,
     attention_probs,
     make_pool,
+    plain_depthwise_conv,
 )
 from .blocks import BlockConfig, Mlp, MultiScaleBlock
 from .patch_embed import PatchEmbed
@@ -25,6 +27,7 @@ __all__ = [
     "WINDOW_PADDINGS",
     "AttentionConfig",
     "BlockConfig",
+    "DepthwiseConvFn",
     "Mlp",
     "MultiScaleAttention",
     "MultiScaleBlock",
@@ -35,6 +38,7 @@ __all__ = [
     "attention_probs",
     "make_pool",
     "partition_run",
+    "plain_depthwise_conv",
     "rel_pos_lookup",
     "resize_rel_pos",
     "shifted_window_mask",

@@ -185,7 +185,7 @@ def attention_pool(
     pools: Sequence[nn.Module],
     norms: Sequence[nn.Module | None],
     num_prefix: int,
-    depthwise_conv: DepthwiseConvFn | None = None,
+    depthwise_conv: DepthwiseConvFn = plain_depthwise_conv,
 ) -> tuple[list[torch.Tensor], tuple[int, ...]]:
     """Pools G tensors of per-head tokens on their grid, all heads and tensors in one call.
 
@@ -196,7 +196,7 @@ def attention_pool(
             repeated per head and the G weights stacked, for one grouped conv) or a max/avg
             pooling (channel-wise, so the first one serves all tensors).
         norms: per tensor, LayerNorm over C (per head) or None.
-        depthwise_conv: computes the conv pooling (default: ``F.conv2d``/``F.conv3d``);
+        depthwise_conv: computes the conv pooling (default: :func:`plain_depthwise_conv`);
             ``mvit_backbone.kernels`` passes a faster one.
 
     The class token bypasses the pooling and rejoins before the norm (as in the official code).
@@ -215,7 +215,7 @@ def attention_pool(
     if isinstance(first, (nn.Conv2d, nn.Conv3d)):
         ones = (1,) * (first.weight.dim() - 1)
         weight = torch.cat([p.weight.repeat(heads, *ones) for p in pools])
-        pooled = (depthwise_conv or plain_depthwise_conv)(grid, weight, first.stride, first.padding)
+        pooled = depthwise_conv(grid, weight, first.stride, first.padding)
     else:
         pooled = first(grid)
     new_shape = tuple(pooled.shape[2:])
@@ -334,7 +334,8 @@ class MultiScaleAttention(nn.Module):
         return attend(q, k, v, self.scale, rel_pos).transpose(1, 2)
 
     def forward(
-        self, x: torch.Tensor, shape: Sequence[int], attend: AttendFn = attend
+        self, x: torch.Tensor, shape: Sequence[int], attend: AttendFn = attend,
+        depthwise_conv: DepthwiseConvFn = plain_depthwise_conv,
     ) -> tuple[torch.Tensor, tuple[int, ...]]:
         """x: (B, p + prod(shape), dim), already normalised (the block's norm1)."""
         b, n, _ = x.shape
@@ -342,7 +343,8 @@ class MultiScaleAttention(nn.Module):
         pooled, shapes = [], []
         for rows, pools, norms in self.pool_parts():
             part = qkv[..., rows].reshape(b, n, len(pools), self.num_heads, -1)
-            out, out_shape = attention_pool(part, shape, pools, norms, self.num_prefix)
+            out, out_shape = attention_pool(part, shape, pools, norms, self.num_prefix,
+                                            depthwise_conv)
             pooled += out
             shapes += [out_shape] * len(pools)
         q, k, v = pooled
