@@ -30,6 +30,7 @@ from mvit_backbone.layers import (
     Mlp,
     MultiScaleBlock,
     attend,
+    plain_depthwise_conv,
     rel_pos_lookup,
     RelPos,
 )
@@ -257,6 +258,8 @@ def test_auto_picks_by_device_dtype_grad_and_size():
     assert large.recompute == fast and large.fast_block == fast
     small = plan_block("auto", window, x, (16, 16), 224 * 224 * 4)
     assert not small.recompute and not small.fast_block
+    # both pool 3-D inputs with the conv whose backward is faster on CPU
+    assert {large.depthwise_conv, small.depthwise_conv} == {depthwise_conv if fast else plain_depthwise_conv}
     assert plan_block("auto", glob, x, (16, 16)).attend is (explicit_attend if fast else sdpa_attend)
     big = torch.randn(1, 160 * 160, 32)
     assert 160 * 160 * 80 * 80 > EXPLICIT_MAX_ELEMENTS

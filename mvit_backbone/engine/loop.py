@@ -51,14 +51,19 @@ def stopped_on_bad_data(message: str, saved: str | None, skip_option: str = "--s
                            f"pass {skip_option}, then --resume")
 
 
+def _as_float(value: "torch.Tensor | float") -> float:
+    # detached: float() of a tensor that requires grad warns
+    return float(value.detach() if isinstance(value, torch.Tensor) else value)
+
+
 def check_finite_loss(total: "torch.Tensor | float", terms: Mapping[str, "torch.Tensor | float"],
                       iteration: int) -> None:
     """Raise :class:`NonFiniteLossError` when ``total`` is NaN or infinite. The one wording of
     this error for every trainer (the package's loop, detectron2's trainers)."""
-    value = float(total)
+    value = _as_float(total)
     if math.isfinite(value):
         return
-    named = ", ".join(f"{k}={float(v):.6g}" for k, v in terms.items()) or "none"
+    named = ", ".join(f"{k}={_as_float(v):.6g}" for k, v in terms.items()) or "none"
     raise NonFiniteLossError(f"non-finite loss {value} at iteration {iteration} "
                              f"(loss terms: {named})")
 
