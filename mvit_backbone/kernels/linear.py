@@ -4,7 +4,7 @@ MViT spends half its CPU time in Linear layers, most of them thin (96 or 192 inp
 over 16k-65k tokens). PyTorch runs ``F.linear`` on MKL's sgemm, whose fast code path is chosen
 by CPU vendor; oneDNN (also bundled with PyTorch, as ``torch.ops.mkldnn._linear_pointwise``,
 the kernel ``torch.compile`` uses on CPU) picks by instruction set. On the AMD EPYC development
-machine oneDNN is 1.4-1.8x faster on every MViT shape (``tools/benchmark_backbone.py
+machine oneDNN is 1.2-1.4x faster on most MViT shapes (``tools/benchmark_backbone.py
 --kernels``). The result is the same matmul in fp32 (float rounding only).
 
 - :func:`norm_linear`: projections of ``LayerNorm(x)`` as one autograd node that stores x and
