@@ -127,7 +127,8 @@ def test_linear_nodes_pass_gradcheck():
     ((4, 17, 16), (3, 3, 3), (2, 8, 8), (1, 1, 1)),  # adaptive K/V stride (per-tap adds)
     ((3, 5, 6), (3, 5, 5), (2, 3, 3), (1, 2, 2)),
     ((3, 4, 5), (2, 2, 2), (2, 2, 2), (0, 0, 0)),  # even kernel, no padding
-], ids=["stride1", "stride122", "stride288", "kernel355", "even"])
+    ((3, 4, 5), (1, 3, 3), (1, 1, 1), (1, 1, 1)),  # padding beyond the kernel (per-tap adds)
+], ids=["stride1", "stride122", "stride288", "kernel355", "even", "wide_padding"])
 def test_depthwise_conv3d_node_passes_gradcheck(grid, kernel, stride, padding):
     """The 3-D pooling conv's hand-written backward against finite differences (float64) and
     against PyTorch's conv3d backward, on a channels-last input as the attention pools it."""

@@ -53,12 +53,14 @@ def _input_grad(grad: torch.Tensor, weight: torch.Tensor, in_shape: Sequence[int
     batch, channels = grad.shape[:2]
     kernel = weight.shape[2:]
     flipped = weight.flip(list(range(2, weight.dim())))
-    if all(s == 1 for s in stride) and all(k - 1 - p >= 0 for k, p in zip(kernel, padding)):
+    # the conv forms below pad by k - 1 - p, so padding beyond k - 1 takes the per-tap adds
+    beyond_kernel = any(p > k - 1 for k, p in zip(kernel, padding))
+    if all(s == 1 for s in stride) and not beyond_kernel:
         return F.conv3d(grad, flipped, None, 1, [k - 1 - p for k, p in zip(kernel, padding)],
                         groups=channels)
-    # channels-last like the input the attention pools
-    grad_x = grad.new_zeros(batch, *in_shape, channels).movedim(-1, 1)
-    if math.prod(stride) >= SCATTER_MIN_STRIDE:
+    if math.prod(stride) >= SCATTER_MIN_STRIDE or beyond_kernel:
+        # channels-last like the input the attention pools
+        grad_x = grad.new_zeros(batch, *in_shape, channels).movedim(-1, 1)
         taps = weight.reshape(channels, -1)
         for i, tap in enumerate(_taps(kernel)):
             slices = _tap_slices(tap, in_shape, grad.shape[2:], stride, padding)
