@@ -123,12 +123,15 @@ def test_linear_nodes_pass_gradcheck():
 
 @pytest.mark.parametrize("grid,kernel,stride,padding", [
     ((5, 6, 7), (3, 3, 3), (1, 1, 1), (1, 1, 1)),  # Q/K/V pooling without stride
-    ((5, 6, 7), (3, 3, 3), (1, 2, 2), (1, 1, 1)),  # Q at a stage transition (zero-insert conv)
-    ((4, 17, 16), (3, 3, 3), (2, 8, 8), (1, 1, 1)),  # adaptive K/V stride (per-tap adds)
+    ((5, 6, 7), (3, 3, 3), (1, 2, 2), (1, 1, 1)),  # Q at a stage transition (4 phases)
+    ((4, 17, 16), (3, 3, 3), (2, 8, 8), (1, 1, 1)),  # adaptive K/V stride (phases no tap reaches)
     ((3, 5, 6), (3, 5, 5), (2, 3, 3), (1, 2, 2)),
     ((3, 4, 5), (2, 2, 2), (2, 2, 2), (0, 0, 0)),  # even kernel, no padding
-    ((3, 4, 5), (1, 3, 3), (1, 1, 1), (1, 1, 1)),  # padding beyond the kernel (per-tap adds)
-], ids=["stride1", "stride122", "stride288", "kernel355", "even", "wide_padding"])
+    ((3, 4, 5), (1, 3, 3), (1, 1, 1), (1, 1, 1)),  # padding beyond the kernel (output cropped)
+    ((1, 3, 2), (3, 3, 3), (2, 4, 4), (1, 1, 1)),  # grid smaller than the stride
+    ((4, 9, 11), (2, 3, 3), (1, 2, 4), (1, 1, 2)),  # mixed strides, uneven padding
+], ids=["stride1", "stride122", "stride288", "kernel355", "even", "wide_padding", "tiny_grid",
+        "mixed"])
 def test_depthwise_conv3d_node_passes_gradcheck(grid, kernel, stride, padding):
     """The 3-D pooling conv's hand-written backward against finite differences (float64) and
     against PyTorch's conv3d backward, on a channels-last input as the attention pools it."""

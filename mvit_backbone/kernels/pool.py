@@ -4,9 +4,8 @@ oneDNN computes a depthwise ``conv3d`` forward in a few milliseconds but its bac
 slower (a 3x3x3 filter over 8x56x56 tokens of 96 channels: 4 ms forward, about 70 ms backward on
 the 2-core development machine). The backward here is made of operations that are fast:
 
-- input gradient, stride 1: the forward conv of the output gradient with the flipped filter;
-- input gradient, strided: per filter offset, the output gradient times that tap, added into the
-  strided positions it came from (few output positions: one add per tap);
+- input gradient: forward convs of the output gradient with the flipped filter, one per phase
+  of the input grid when strided (each phase with the filter taps that reach it);
 - filter gradient: per filter offset, the channel sums of (input at that offset) x (output
   gradient), over the positions where the offset lands inside the input (no padded copy).
 
@@ -15,16 +14,10 @@ the 2-core development machine). The backward here is made of operations that ar
 from __future__ import annotations
 
 import itertools
-import math
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-
-# strided input gradients with at least this many input positions per output position take
-# the per-tap adds; below it (e.g. stride 1x2x2) the zero-inserted forward conv is faster
-SCATTER_MIN_STRIDE = 8
-
 
 def _tap_slices(
     tap: Sequence[int], in_shape: Sequence[int], out_shape: Sequence[int],
@@ -48,32 +41,51 @@ def _taps(kernel: Sequence[int]):
     return itertools.product(*(range(k) for k in kernel))
 
 
+def _phase_plan(n_in: int, n_out: int, k: int, s: int, p: int) -> list[tuple | None]:
+    """Along one axis, for each input phase r (positions r, r + s, ...): None if no filter tap
+    reaches it, else (r, first tap, conv padding, output slice). The phase's gradient is a
+    stride-1 conv of the output gradient with the taps ``first::s`` (flipped): input
+    ``m * s + r`` reads output ``m + (r + p) // s - j`` through tap ``first + j * s``."""
+    plan = []
+    for r in range(min(s, n_in)):
+        first = (r + p) % s
+        taps = len(range(first, k, s))
+        if taps == 0:
+            plan.append(None)
+            continue
+        length = len(range(r, n_in, s))
+        left = taps - 1 - (r + p) // s  # negative: the conv output starts inside the gradient
+        right = length + taps - 1 - (n_out + left)
+        pad = max(0, left, right)
+        plan.append((r, first, pad, slice(pad - left, pad - left + length)))
+    return plan
+
+
 def _input_grad(grad: torch.Tensor, weight: torch.Tensor, in_shape: Sequence[int],
                 stride: Sequence[int], padding: Sequence[int]) -> torch.Tensor:
+    """One stride-1 conv per phase of the strided input grid (s_t x s_h x s_w phases, each
+    with the filter taps that reach it): the work of the forward conv, where a conv of the
+    zero-inserted gradient would do s_t x s_h x s_w times more."""
     batch, channels = grad.shape[:2]
     kernel = weight.shape[2:]
-    flipped = weight.flip(list(range(2, weight.dim())))
-    # the conv forms below pad by k - 1 - p, so padding beyond k - 1 takes the per-tap adds
-    beyond_kernel = any(p > k - 1 for k, p in zip(kernel, padding))
-    if all(s == 1 for s in stride) and not beyond_kernel:
-        return F.conv3d(grad, flipped, None, 1, [k - 1 - p for k, p in zip(kernel, padding)],
-                        groups=channels)
-    if math.prod(stride) >= SCATTER_MIN_STRIDE or beyond_kernel:
-        # channels-last like the input the attention pools
-        grad_x = grad.new_zeros(batch, *in_shape, channels).movedim(-1, 1)
-        taps = weight.reshape(channels, -1)
-        for i, tap in enumerate(_taps(kernel)):
-            slices = _tap_slices(tap, in_shape, grad.shape[2:], stride, padding)
-            if slices is not None:
-                x_idx, g_idx = slices
-                grad_x[(..., *x_idx)].addcmul_(grad[(..., *g_idx)], taps[:, i].view(-1, 1, 1, 1))
-        return grad_x
-    # zero-insert the gradient at the strided positions, then one stride-1 conv
-    full = [n + k - 1 for n, k in zip(in_shape, kernel)]
-    spread = grad.new_zeros(batch, *full, channels).movedim(-1, 1)
-    spread[(..., *(slice(k - 1 - p, k - 1 - p + (o - 1) * s + 1, s)
-                   for k, p, o, s in zip(kernel, padding, grad.shape[2:], stride)))] = grad
-    return F.conv3d(spread, flipped, None, 1, 0, groups=channels)
+    plans = [_phase_plan(*dims) for dims in zip(in_shape, grad.shape[2:], kernel, stride, padding)]
+    flip = list(range(2, weight.dim()))
+    phases = list(itertools.product(*plans))
+    if len(phases) == 1 and None not in phases[0]:  # stride 1
+        _, _, pads, crops = zip(*phases[0])
+        return F.conv3d(grad, weight.flip(flip), None, 1, pads, groups=channels)[(..., *crops)]
+    unreached = any(None in phase for phase in phases)
+    # channels-last like the input the attention pools
+    grad_x = (grad.new_zeros if unreached else grad.new_empty)(batch, *in_shape, channels)
+    grad_x = grad_x.movedim(-1, 1)
+    for phase in phases:
+        if None in phase:
+            continue
+        rs, firsts, pads, crops = zip(*phase)
+        taps = weight[(..., *(slice(f, None, s) for f, s in zip(firsts, stride)))].flip(flip)
+        part = F.conv3d(grad, taps, None, 1, pads, groups=channels)
+        grad_x[(..., *(slice(r, None, s) for r, s in zip(rs, stride)))] = part[(..., *crops)]
+    return grad_x
 
 
 def _weight_grad(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,

@@ -340,9 +340,12 @@ class MultiScaleAttention(nn.Module):
         """x: (B, p + prod(shape), dim), already normalised (the block's norm1)."""
         b, n, _ = x.shape
         qkv = self.qkv(x)
+        parts = self.pool_parts()
+        # split, not slices: a slice's backward fills a zero gradient of the whole tensor
+        columns = qkv.split([rows.stop - rows.start for rows, _, _ in parts], dim=-1)
         pooled, shapes = [], []
-        for rows, pools, norms in self.pool_parts():
-            part = qkv[..., rows].reshape(b, n, len(pools), self.num_heads, -1)
+        for part, (_, pools, norms) in zip(columns, parts):
+            part = part.reshape(b, n, len(pools), self.num_heads, -1)
             out, out_shape = attention_pool(part, shape, pools, norms, self.num_prefix,
                                             depthwise_conv)
             pooled += out
