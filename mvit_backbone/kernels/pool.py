@@ -6,8 +6,8 @@ the 2-core development machine). The backward here is made of operations that ar
 
 - input gradient: forward convs of the output gradient with the flipped filter, one per phase
   of the input grid when strided (each phase with the filter taps that reach it);
-- filter gradient: per filter offset, the channel sums of (input at that offset) x (output
-  gradient), over the positions where the offset lands inside the input (no padded copy).
+- filter gradient: per temporal filter offset, oneDNN's 2-D filter gradient (fast, unlike its
+  3-D one) over the pairs of input and output frames that offset connects.
 
 2-D convs keep PyTorch's backward, which oneDNN computes fast.
 """
@@ -19,26 +19,17 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-def _tap_slices(
-    tap: Sequence[int], in_shape: Sequence[int], out_shape: Sequence[int],
-    stride: Sequence[int], padding: Sequence[int],
-) -> tuple[tuple[slice, ...], tuple[slice, ...]] | None:
-    """For the filter offset ``tap``: (input slices, output slices) of the grid positions it
-    connects, ``input[o * stride + tap - padding]`` -> ``output[o]``; None if none."""
-    x_idx, g_idx = [], []
-    for j, n_in, n_out, s, p in zip(tap, in_shape, out_shape, stride, padding):
-        first = max(0, -(-(p - j) // s))
-        last = min(n_out - 1, (n_in - 1 + p - j) // s)
-        if last < first:
-            return None
-        start = first * s + j - p
-        x_idx.append(slice(start, start + (last - first) * s + 1, s))
-        g_idx.append(slice(first, last + 1))
-    return tuple(x_idx), tuple(g_idx)
 
-
-def _taps(kernel: Sequence[int]):
-    return itertools.product(*(range(k) for k in kernel))
+def _frame_pairs(tap: int, n_in: int, n_out: int, stride: int, padding: int
+                 ) -> tuple[slice, slice] | None:
+    """For the temporal filter offset ``tap``: (input frames, output frames) it connects,
+    ``input[o * stride + tap - padding]`` -> ``output[o]``; None if none."""
+    first = max(0, -(-(padding - tap) // stride))
+    last = min(n_out - 1, (n_in - 1 + padding - tap) // stride)
+    if last < first:
+        return None
+    start = first * stride + tap - padding
+    return slice(start, start + (last - first) * stride + 1, stride), slice(first, last + 1)
 
 
 def _phase_plan(n_in: int, n_out: int, k: int, s: int, p: int) -> list[tuple | None]:
@@ -88,18 +79,29 @@ def _input_grad(grad: torch.Tensor, weight: torch.Tensor, in_shape: Sequence[int
     return grad_x
 
 
+def _frames(t: torch.Tensor, frames: slice) -> torch.Tensor:
+    """(B, C, T, H, W) -> the frames ``frames`` of every clip as channels-last images
+    (B * T', C, H, W)."""
+    t = t.movedim(1, -1)[:, frames]
+    return t.reshape(-1, *t.shape[2:]).movedim(-1, 1)
+
+
 def _weight_grad(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                  stride: Sequence[int], padding: Sequence[int]) -> torch.Tensor:
-    reduce_dims = [0, *range(2, x.dim())]
-    sums = []
-    for tap in _taps(weight.shape[2:]):
-        slices = _tap_slices(tap, x.shape[2:], grad.shape[2:], stride, padding)
-        if slices is None:
-            sums.append(weight.new_zeros(weight.shape[0]))
-        else:
-            x_idx, g_idx = slices
-            sums.append((x[(..., *x_idx)] * grad[(..., *g_idx)]).sum(reduce_dims))
-    return torch.stack(sums, 1).view_as(weight)
+    """Per temporal filter offset, the 2-D filter gradient of the frames it connects (every
+    clip's frames batched as images), which oneDNN computes fast."""
+    grads = []
+    for dt in range(weight.shape[2]):
+        pairs = _frame_pairs(dt, x.shape[2], grad.shape[2], stride[0], padding[0])
+        if pairs is None:
+            grads.append(torch.zeros_like(weight[:, :, dt]))
+            continue
+        x_frames, grad_frames = pairs
+        grads.append(torch.ops.aten.convolution_backward(
+            _frames(grad, grad_frames), _frames(x, x_frames), weight[:, :, dt], None,
+            stride[1:], padding[1:], [1, 1], False, [0, 0], x.shape[1], [False, True, False],
+        )[1])
+    return torch.stack(grads, 2)
 
 
 class _DepthwiseConv3dFn(torch.autograd.Function):
