@@ -30,7 +30,6 @@ from mvit_backbone.layers import (
     Mlp,
     MultiScaleBlock,
     attend,
-    plain_depthwise_conv,
     rel_pos_lookup,
     RelPos,
 )
@@ -167,16 +166,16 @@ def _assert_policies_agree(model, x):
             for name, value in model(x).items():
                 torch.testing.assert_close(value, ref[name], atol=1e-5, rtol=1e-5)
     ref_out, ref_grads = _grads(model, x, "reference")
-    # training takes PyTorch's autograd below RECOMPUTE_MIN_PIXELS and the recomputing oneDNN
-    # block above it: both, on the same small input
-    for policy, lean_from in [*((p, RECOMPUTE_MIN_PIXELS) for p in KERNEL_POLICIES), ("auto", 0)]:
-        with mock.patch.object(kernels, "RECOMPUTE_MIN_PIXELS", lean_from):
+    # CPU training takes the oneDNN block that stores its activations below
+    # RECOMPUTE_MIN_PIXELS and the one that recomputes them above it: both, on the same input
+    for policy, recompute_from in [*((p, RECOMPUTE_MIN_PIXELS) for p in KERNEL_POLICIES), ("auto", 0)]:
+        with mock.patch.object(kernels, "RECOMPUTE_MIN_PIXELS", recompute_from):
             out, grads = _grads(model, x, policy)
         for name in ref_out:
             torch.testing.assert_close(out[name], ref_out[name], atol=1e-5, rtol=1e-5)
         for name, g in ref_grads.items():
             scale = max(g.abs().max().item(), 1.0)  # as the detectron2 gradient parity
-            assert (grads[name] - g).abs().max().item() <= 1e-4 * scale, (policy, lean_from, name)
+            assert (grads[name] - g).abs().max().item() <= 1e-4 * scale, (policy, recompute_from, name)
 
 
 SMALL_2D = dict(embed_dim=32, depth=4, num_heads=1, last_block_indexes=(0, 1, 2, 3),
@@ -257,13 +256,11 @@ def test_auto_picks_by_device_dtype_grad_and_size():
     with torch.no_grad():
         assert plan_block("auto", glob, x, (16, 16)).attend is sdpa_attend
     assert plan_block("auto", window, x, (16, 16)).attend is (explicit_attend if fast else sdpa_attend)
-    # training: the recomputing oneDNN block for large inputs, PyTorch's autograd for small ones
+    # training: the oneDNN block, recomputing in backward for large inputs only
     large = plan_block("auto", window, x, (16, 16), RECOMPUTE_MIN_PIXELS)
     assert large.recompute == fast and large.fast_block == fast
     small = plan_block("auto", window, x, (16, 16), 224 * 224 * 4)
-    assert not small.recompute and not small.fast_block
-    # both pool 3-D inputs with the conv whose backward is faster on CPU
-    assert {large.depthwise_conv, small.depthwise_conv} == {depthwise_conv if fast else plain_depthwise_conv}
+    assert not small.recompute and small.fast_block == fast
     assert plan_block("auto", glob, x, (16, 16)).attend is (explicit_attend if fast else sdpa_attend)
     big = torch.randn(1, 160 * 160, 32)
     assert 160 * 160 * 80 * 80 > EXPLICIT_MAX_ELEMENTS

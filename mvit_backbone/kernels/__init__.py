@@ -9,11 +9,11 @@ A trunk runs every block through :func:`run_block` with its ``kernels`` policy:
   (:func:`plan_block`):
 
   * CPU, float32, no autocast: in inference :func:`.block.block_forward` (oneDNN linears,
-    the MLP in token chunks) with :func:`.attention.sdpa_attend`. In training, for inputs of at
-    least ``RECOMPUTE_MIN_PIXELS`` (batch x frames x height x width) :func:`.block.block_forward`
-    with recompute in backward (norms fused into the projections),
-    below it the block's own forward (PyTorch's autograd); 3-D pooling convs by
-    :func:`.pool.depthwise_conv` in both; attention with rel-pos by
+    the MLP in token chunks) with :func:`.attention.sdpa_attend`. In training
+    :func:`.block.block_forward` too, for inputs of at least ``RECOMPUTE_MIN_PIXELS`` (batch x
+    frames x height x width) with recompute in backward (norms fused into the projections),
+    below it storing its activations; 3-D pooling convs by
+    :func:`.pool.depthwise_conv`; attention with rel-pos by
     :func:`.attention.explicit_attend` for windows and small global maps,
     :func:`.attention.folded_attend` for large global maps.
   * anything else (CUDA, autocast, half precision): the block's own forward with
@@ -33,13 +33,7 @@ from typing import Sequence
 
 import torch
 
-from ..layers.attention import (
-    AttendFn,
-    DepthwiseConvFn,
-    MultiScaleAttention,
-    attend,
-    plain_depthwise_conv,
-)
+from ..layers.attention import AttendFn, MultiScaleAttention, attend
 from ..layers.blocks import MultiScaleBlock
 from .attention import explicit_attend, folded_attend, sdpa_attend
 from .block import block_forward
@@ -50,10 +44,9 @@ KERNEL_POLICIES = ("auto", "reference")
 # Global attention in CPU training keeps its probabilities (explicit) up to this many elements
 # per call (B x heads x Lq x Lk; 64 MiB in fp32); beyond it, the folded flash kernel keeps none.
 EXPLICIT_MAX_ELEMENTS = 1 << 24
-# The training block that recomputes in backward saves memory at a cost in time; below one 512²
-# image per step (e.g. a 224² classifier at batch 4) the activations are small, and PyTorch's
-# autograd through the plain block, which stores them, is faster (tools/benchmark_backbone.py
-# --timm).
+# Recomputing in backward saves memory at a cost in time; below one 512² image per step (e.g. a
+# 224² classifier at batch 4) the activations are small, and storing them is faster
+# (tools/benchmark_backbone.py --timm).
 RECOMPUTE_MIN_PIXELS = 512 * 512
 
 logger = logging.getLogger(__name__)
@@ -74,13 +67,12 @@ def eager_mode() -> bool:
 @dataclass(frozen=True)
 class BlockPlan:
     """How one block call is computed: ``fast_block`` (:func:`.block.block_forward`, with
-    ``recompute`` in training, and the pooling of :mod:`.pool`; else the block's own forward
-    with ``depthwise_conv``) with ``attend``."""
+    ``recompute`` in training, and the pooling of :mod:`.pool`; else the block's own forward)
+    with ``attend``."""
 
     fast_block: bool
     attend: AttendFn
     recompute: bool = False
-    depthwise_conv: DepthwiseConvFn = plain_depthwise_conv
 
     def describe(self) -> str:
         block = "plain block"
@@ -111,8 +103,8 @@ def plan_block(
     attn = block.attn
     if not torch.is_grad_enabled():
         return BlockPlan(True, sdpa_attend)
-    lean = input_pixels >= RECOMPUTE_MIN_PIXELS
-    return BlockPlan(lean, _training_attend(attn, x, shape), lean, depthwise_conv)
+    recompute = input_pixels >= RECOMPUTE_MIN_PIXELS
+    return BlockPlan(True, _training_attend(attn, x, shape), recompute)
 
 
 def _training_attend(attn: MultiScaleAttention, x: torch.Tensor, shape: Sequence[int]) -> AttendFn:
@@ -144,7 +136,7 @@ def run_block(
                     "training" if kind[3] else "inference", plan.describe())
     if plan.fast_block:
         return block_forward(block, x, shape, plan.attend, plan.recompute)
-    return block(x, shape, plan.attend, plan.depthwise_conv)
+    return block(x, shape, plan.attend)
 
 
 __all__ = [

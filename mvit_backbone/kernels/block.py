@@ -4,7 +4,8 @@ Same result as :meth:`MultiScaleBlock.forward` (float rounding only; tested agai
 from the block's own modules and the attention's own steps (``pool_parts``, ``attention``,
 ``pool_to_query_grid``). What differs is how:
 
-Training:
+Training: the Linear layers on oneDNN (:mod:`.linear`). With ``recompute`` (large inputs),
+keeping less:
 - ``norm1`` is fused into the qkv projection and the projected skip, ``norm2`` into the MLP
   (oneDNN linears in autograd nodes that store the norm's input, not its output); the MLP keeps
   fc1's output only and recomputes GELU per token chunk (:mod:`.linear`).
@@ -15,6 +16,8 @@ Training:
   pooling in backward from x, which the block keeps anyway, Q apart from K and V so that the
   recomputed projection and its gradient exist for one part at a time; so is the projected
   skip before its max-pool.
+Without ``recompute`` (small inputs, where storing is cheap and recomputing is not) the norms
+and GELU run in PyTorch's autograd, which stores their outputs.
 Inference:
 - Residual adds in place, and the MLP in token chunks added into the residual: the 4x-wide
   hidden layer of a chunk stays in cache and no token-sized temporaries are allocated (a
@@ -98,10 +101,10 @@ def block_forward(
     instead of storing them."""
     training = torch.is_grad_enabled()
     recompute = recompute and training
-    # training: norm1 is applied inside the projections that read it (not stored); inference:
+    # recompute: norm1 is applied inside the projections that read it (not stored); otherwise
     # once here, as two projections may read it
-    norm1 = block.norm1 if training else None
-    x_in = x if training else block.norm1(x)
+    norm1 = block.norm1 if recompute else None
+    x_in = x if recompute else block.norm1(x)
     x_attn, out_shape = _attention_forward(block.attn, x_in, shape, norm1, attend, recompute)
     if recompute and block.pool_skip is not None:
         # the projected skip before pooling (and the pooling's indices) would be kept for
@@ -120,4 +123,4 @@ def block_forward(
         for chunk in x.view(-1, x.shape[-1]).split(TOKEN_CHUNK):
             chunk += mlp_forward(block.mlp, chunk, norm=block.norm2)
         return x, out_shape
-    return x + block.drop_path(mlp_forward(block.mlp, x, norm=block.norm2)), out_shape
+    return x + block.drop_path(mlp_forward(block.mlp, x, block.norm2, recompute)), out_shape

@@ -34,6 +34,9 @@ def _onednn_op():
 _LINEAR_POINTWISE = _onednn_op() if torch.backends.mkldnn.is_available() else None
 
 
+# below this many tokens MKL computes a Linear's input gradient faster than oneDNN (on the
+# 784- and 196-token stages of a 224² classifier at batch 4; oneDNN from 3136 tokens)
+ONEDNN_MIN_GRAD_ROWS = 2048
 # tokens per chunk of the MLP's 4x-wide activations: 2048 x 4 x 96 fp32 = 3 MiB, which stays in
 # cache, where a whole fresh tensor (up to 96 MiB at detection sizes) would be page-faulted in
 TOKEN_CHUNK = 2048
@@ -61,7 +64,10 @@ def _matmul(x2d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
 
 def _input_grad(grad2d: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """grad (M, N) @ W (N, K): a oneDNN linear whose weight is the strided view Wᵀ (oneDNN
-    reads it as is; a contiguous copy of a large transposed weight costs more than it saves)."""
+    reads it as is; a contiguous copy of a large transposed weight costs more than it saves),
+    or MKL's mm for few rows."""
+    if grad2d.shape[0] < ONEDNN_MIN_GRAD_ROWS:
+        return grad2d.mm(weight)
     return _matmul(grad2d, weight.t(), None)
 
 
@@ -206,15 +212,17 @@ def norm_linear(
     return [out.reshape(*x.shape[:-1], out.shape[-1]) for out in outs]
 
 
-def mlp_forward(mlp: nn.Module, x: torch.Tensor, norm: nn.Module | None = None) -> torch.Tensor:
+def mlp_forward(mlp: nn.Module, x: torch.Tensor, norm: nn.Module | None = None,
+                recompute: bool = True) -> torch.Tensor:
     """``mlp(norm(x))`` for an fc1 -> act -> fc2 module; x: (..., in) -> (..., out).
 
-    With exact GELU and a LayerNorm (or no norm): in training one autograd node storing x and
-    fc1's output, in inference GELU fused into fc1. Otherwise fc1/fc2 on oneDNN around the act.
+    With exact GELU and a LayerNorm (or no norm): in training with ``recompute`` one autograd
+    node storing x and fc1's output (the norm and GELU recomputed in backward), in inference
+    GELU fused into fc1. Otherwise fc1/fc2 on oneDNN around the act.
     """
     w1, b1, w2, b2 = mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, mlp.fc2.bias
     fusable_gelu = type(mlp.act) is nn.GELU and mlp.act.approximate == "none"
-    if not (fusable_gelu and _fusable_norm(norm)):
+    if not (fusable_gelu and _fusable_norm(norm)) or (torch.is_grad_enabled() and not recompute):
         y = x if norm is None else norm(x)
         return linear(mlp.act(linear(y, w1, b1)), w2, b2)
     x2d = _flat(x)

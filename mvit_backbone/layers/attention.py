@@ -334,8 +334,7 @@ class MultiScaleAttention(nn.Module):
         return attend(q, k, v, self.scale, rel_pos).transpose(1, 2)
 
     def forward(
-        self, x: torch.Tensor, shape: Sequence[int], attend: AttendFn = attend,
-        depthwise_conv: DepthwiseConvFn = plain_depthwise_conv,
+        self, x: torch.Tensor, shape: Sequence[int], attend: AttendFn = attend
     ) -> tuple[torch.Tensor, tuple[int, ...]]:
         """x: (B, p + prod(shape), dim), already normalised (the block's norm1)."""
         b, n, _ = x.shape
@@ -346,8 +345,7 @@ class MultiScaleAttention(nn.Module):
         pooled, shapes = [], []
         for part, (_, pools, norms) in zip(columns, parts):
             part = part.reshape(b, n, len(pools), self.num_heads, -1)
-            out, out_shape = attention_pool(part, shape, pools, norms, self.num_prefix,
-                                            depthwise_conv)
+            out, out_shape = attention_pool(part, shape, pools, norms, self.num_prefix)
             pooled += out
             shapes += [out_shape] * len(pools)
         q, k, v = pooled

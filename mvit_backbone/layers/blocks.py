@@ -8,14 +8,7 @@ import torch
 import torch.nn as nn
 from timm.layers import DropPath
 
-from .attention import (
-    AttendFn,
-    AttentionConfig,
-    DepthwiseConvFn,
-    MultiScaleAttention,
-    attend,
-    plain_depthwise_conv,
-)
+from .attention import AttendFn, AttentionConfig, MultiScaleAttention, attend
 
 
 @dataclass(frozen=True)
@@ -108,11 +101,10 @@ class MultiScaleBlock(nn.Module):
         return torch.cat([prefix, grid], dim=1) if p else grid
 
     def forward(
-        self, x: torch.Tensor, shape: Sequence[int], attend: AttendFn = attend,
-        depthwise_conv: DepthwiseConvFn = plain_depthwise_conv,
+        self, x: torch.Tensor, shape: Sequence[int], attend: AttendFn = attend
     ) -> tuple[torch.Tensor, tuple[int, ...]]:
         x_norm = self.norm1(x)
-        x_attn, out_shape = self.attn(x_norm, shape, attend, depthwise_conv)
+        x_attn, out_shape = self.attn(x_norm, shape, attend)
         if self.cfg.expand_in_attention and self.proj is not None:
             x = self.proj(x_norm)
         x = self.pool_to_query_grid(x, shape) + self.drop_path(x_attn)
