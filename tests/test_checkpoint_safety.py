@@ -2,7 +2,6 @@
 with an error naming the file, by every entry point that reads weights (the library functions
 and the command-line tools run in this process), and damaged files get one clear error."""
 import json
-import os
 import pickle
 import runpy
 import struct

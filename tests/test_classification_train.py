@@ -23,7 +23,6 @@ from mvit_backbone.classification.train import (
     lr_multiplier,
     run,
 )
-from mvit_backbone.engine.optim import param_groups
 from mvit_backbone.data.image_folder import write_synthetic_image_folder
 from mvit_backbone.engine.optim import param_groups
 

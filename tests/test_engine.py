@@ -14,7 +14,6 @@ from detectron2.solver import LRMultiplier
 from detectron2.utils.events import EventStorage
 
 from mvit_backbone.engine import (
-    PeakMemoryMeter,
     Progress,
     ProgressWriter,
     TrainLoop,
