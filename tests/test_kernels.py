@@ -129,8 +129,9 @@ def test_linear_nodes_pass_gradcheck():
     ((3, 4, 5), (1, 3, 3), (1, 1, 1), (1, 1, 1)),  # padding beyond the kernel (output cropped)
     ((1, 3, 2), (3, 3, 3), (2, 4, 4), (1, 1, 1)),  # grid smaller than the stride
     ((4, 9, 11), (2, 3, 3), (1, 2, 4), (1, 1, 2)),  # mixed strides, uneven padding
+    ((4, 2, 1), (3, 3, 3), (1, 1, 1), (1, 1, 1)),  # frames smaller than the filter
 ], ids=["stride1", "stride122", "stride288", "kernel355", "even", "wide_padding", "tiny_grid",
-        "mixed"])
+        "mixed", "tiny_frames"])
 def test_depthwise_conv3d_node_passes_gradcheck(grid, kernel, stride, padding):
     """The 3-D pooling conv's hand-written backward against finite differences (float64) and
     against PyTorch's conv3d backward, on a channels-last input as the attention pools it."""

@@ -90,6 +90,10 @@ def _weight_grad(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                  stride: Sequence[int], padding: Sequence[int]) -> torch.Tensor:
     """Per temporal filter offset, the 2-D filter gradient of the frames it connects (every
     clip's frames batched as images), which oneDNN computes fast."""
+    # on frames smaller than the filter oneDNN falls back to a kernel 10x slower than the
+    # per-offset sums; there the frames are zero-padded here instead of by the conv
+    pad_frames = any(n < k for n, k in zip(x.shape[3:], weight.shape[3:]))
+    conv_padding = [0, 0] if pad_frames else padding[1:]
     grads = []
     for dt in range(weight.shape[2]):
         pairs = _frame_pairs(dt, x.shape[2], grad.shape[2], stride[0], padding[0])
@@ -97,9 +101,12 @@ def _weight_grad(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
             grads.append(torch.zeros_like(weight[:, :, dt]))
             continue
         x_frames, grad_frames = pairs
+        frames = _frames(x, x_frames)
+        if pad_frames:
+            frames = F.pad(frames, [padding[2], padding[2], padding[1], padding[1]])
         grads.append(torch.ops.aten.convolution_backward(
-            _frames(grad, grad_frames), _frames(x, x_frames), weight[:, :, dt], None,
-            stride[1:], padding[1:], [1, 1], False, [0, 0], x.shape[1], [False, True, False],
+            _frames(grad, grad_frames), frames, weight[:, :, dt], None,
+            stride[1:], conv_padding, [1, 1], False, [0, 0], x.shape[1], [False, True, False],
         )[1])
     return torch.stack(grads, 2)
 
