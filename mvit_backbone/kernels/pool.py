@@ -90,8 +90,8 @@ def _weight_grad(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                  stride: Sequence[int], padding: Sequence[int]) -> torch.Tensor:
     """Per temporal filter offset, the 2-D filter gradient of the frames it connects (every
     clip's frames batched as images), which oneDNN computes fast."""
-    # on frames smaller than the filter oneDNN falls back to a kernel 10x slower than the
-    # per-offset sums; there the frames are zero-padded here instead of by the conv
+    # on frames smaller than the filter oneDNN's filter gradient falls back to a kernel about
+    # 10x slower than on the same frames zero-padded first, so there they are padded here
     pad_frames = any(n < k for n, k in zip(x.shape[3:], weight.shape[3:]))
     conv_padding = [0, 0] if pad_frames else padding[1:]
     grads = []
