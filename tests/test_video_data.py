@@ -147,6 +147,12 @@ def test_unreadable_videos_are_skipped_and_counted(videos, tmp_path):
     strict = VideoClipDataset(items, 2, "kinetics", 4, 2, train_tf, train=True)
     with pytest.raises(VideoDecodeError, match="bad.mp4"):
         strict[0]
+    # from a DataLoader worker process the error keeps its type and the file (the trainer
+    # catches it by type to save its state and name the file)
+    worker_loader = torch.utils.data.DataLoader(strict, batch_size=1, num_workers=1)
+    with pytest.raises(VideoDecodeError, match="bad.mp4") as raised:
+        next(iter(worker_loader))
+    assert raised.value.path == str(bad)
     random.seed(0)
     lenient = VideoClipDataset(items, 2, "kinetics", 4, 2, train_tf, train=True, skip_unreadable=True)
     item = lenient[0]

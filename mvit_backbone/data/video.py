@@ -20,6 +20,7 @@ Sampling (the index arithmetic, no decoding):
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -28,11 +29,22 @@ import numpy as np
 
 
 class VideoDecodeError(RuntimeError):
-    """A video file cannot be opened or decoded; the message names the file."""
+    """A video file cannot be opened or decoded; the message names the file.
 
-    def __init__(self, path: str | Path, reason: str):
-        super().__init__(f"cannot decode video file {path}: {reason}")
-        self.path = str(path)
+    ``VideoDecodeError(path, reason)``; with one argument, that is the whole message: a
+    DataLoader worker's error reaches the main process as its type rebuilt from its message
+    (any other signature turns it into a plain RuntimeError), and ``path`` is read back from it.
+    """
+
+    def __init__(self, path: str | Path, reason: str | None = None):
+        if reason is None:
+            message = str(path)
+            found = re.search(r"cannot decode video file (.+?): ", message)
+            self.path = found.group(1) if found else ""
+        else:
+            message = f"cannot decode video file {path}: {reason}"
+            self.path = str(path)
+        super().__init__(message)
 
 
 @dataclass(frozen=True)
