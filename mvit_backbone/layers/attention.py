@@ -222,7 +222,11 @@ def attention_pool(
     out = pooled.movedim(1, -1).reshape(b, -1, groups, heads, c)
     if num_prefix:
         out = torch.cat([prefix, out], dim=1)
-    return [t if norm is None else norm(t) for t, norm in zip(out.unbind(2), norms)], new_shape
+    # each tensor is strided here; the norm's copy of its input lays it out (B, heads, L, C),
+    # the layout the attention matmuls read, so they copy nothing more
+    normed = [t if norm is None else norm(t.transpose(1, 2)).transpose(1, 2)
+              for t, norm in zip(out.unbind(2), norms)]
+    return normed, new_shape
 
 
 class MultiScaleAttention(nn.Module):
