@@ -14,8 +14,8 @@ A trunk runs every block through :func:`run_block` with its ``kernels`` policy:
     frames x height x width) with recompute in backward (norms fused into the projections),
     below it storing its activations; 3-D pooling convs by
     :func:`.pool.depthwise_conv`; attention with rel-pos by
-    :func:`.attention.explicit_attend` for windows and mid-size global maps, the reference
-    :func:`attend` for small global maps, :func:`.attention.folded_attend` for large ones.
+    :func:`.attention.explicit_attend` for windows and small global maps,
+    :func:`.attention.folded_attend` for large global maps.
   * anything else (CUDA, autocast, half precision): the block's own forward with
     :func:`.attention.sdpa_attend` (the fused kernels of the device).
   * while tracing, scripting, compiling or exporting: ``"reference"``, so that FLOP counters
@@ -41,12 +41,8 @@ from .linear import onednn_applies
 from .pool import depthwise_conv
 
 KERNEL_POLICIES = ("auto", "reference")
-# Global attention in CPU training: below EXPLICIT_MIN_ELEMENTS per call (B x heads x Lq x Lk)
-# autograd's own matmul + softmax (the reference attend) is as fast as the explicit node, whose
-# Python and nested autograd in backward cost what it saves on copies at these sizes; up to
-# EXPLICIT_MAX_ELEMENTS (64 MiB in fp32) the explicit node keeps the probabilities only;
-# beyond it, the folded flash kernel keeps none.
-EXPLICIT_MIN_ELEMENTS = 1 << 21
+# Global attention in CPU training keeps its probabilities (explicit) up to this many elements
+# per call (B x heads x Lq x Lk; 64 MiB in fp32); beyond it, the folded flash kernel keeps none.
 EXPLICIT_MAX_ELEMENTS = 1 << 24
 # Recomputing in backward saves memory at a cost in time; below one 512² image per step (e.g. a
 # 224² classifier at batch 4) the activations are small, and storing them is faster
@@ -112,18 +108,15 @@ def plan_block(
 
 
 def _training_attend(attn: MultiScaleAttention, x: torch.Tensor, shape: Sequence[int]) -> AttendFn:
-    """The attend of CPU float32 training: SDPA without rel-pos, else explicit for windows,
-    for global maps by size: the reference for small ones, explicit, folded for large ones."""
+    """The attend of CPU float32 training: SDPA without rel-pos, else explicit for windows and
+    small global maps, folded for large ones."""
     if not attn.use_rel_pos:
         return sdpa_attend
     if attn.window_size:
         return explicit_attend
     q_len = attn.num_prefix + math.prod(-(-s // st) for s, st in zip(shape, attn.cfg.stride_q))
     k_len = attn.num_prefix + math.prod(-(-s // st) for s, st in zip(shape, attn.cfg.stride_kv))
-    elements = x.shape[0] * attn.num_heads * q_len * k_len
-    if elements < EXPLICIT_MIN_ELEMENTS:
-        return attend
-    if elements <= EXPLICIT_MAX_ELEMENTS:
+    if x.shape[0] * attn.num_heads * q_len * k_len <= EXPLICIT_MAX_ELEMENTS:
         return explicit_attend
     return folded_attend
 
@@ -148,7 +141,6 @@ def run_block(
 
 __all__ = [
     "EXPLICIT_MAX_ELEMENTS",
-    "EXPLICIT_MIN_ELEMENTS",
     "RECOMPUTE_MIN_PIXELS",
     "KERNEL_POLICIES",
     "BlockPlan",
