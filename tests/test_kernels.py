@@ -93,8 +93,13 @@ def _rel_pos_case(dtype, q_shape=(3, 2), k_shape=(2, 1), prefix=1, heads=2, c=4)
 
 @pytest.mark.parametrize("fn", [explicit_attend, folded_attend])
 @pytest.mark.parametrize("masked", [False, True])
-def test_attention_nodes_pass_gradcheck(fn, masked):
-    leaves, attention = _rel_pos_case(torch.float64)
+@pytest.mark.parametrize("q_shape,k_shape,prefix", [
+    ((3, 2), (2, 1), 1),  # 2-D, pooled keys, class token
+    ((2, 3, 2), (1, 2, 2), 0),  # 3-D
+    ((2, 2, 3), (2, 1, 3), 1),  # 3-D with a class token
+], ids=["2d_cls", "3d", "3d_cls"])
+def test_attention_nodes_pass_gradcheck(fn, masked, q_shape, k_shape, prefix):
+    leaves, attention = _rel_pos_case(torch.float64, q_shape, k_shape, prefix)
     mask = None
     if masked:
         mask = torch.rand(1, 1, leaves[0].shape[2], leaves[1].shape[2],

@@ -3,8 +3,9 @@
 - :func:`explicit_attend`: matmul + softmax as one autograd node that stores q, k, v and the
   probabilities only (autograd through the plain ops also keeps a scaled copy of q, copies
   made by the batched matmuls and the rel-pos einsums' operands). Backward is the textbook
-  one; the rel-pos terms are recomputed there and their gradient (the adjoint of their
-  placement, :meth:`RelPos.grads_from_logits`) goes back through them by autograd. In
+  one; the rel-pos gradient goes through the adjoints of :class:`RelPos`
+  (:meth:`~RelPos.grads_from_logits`, then :meth:`~RelPos.terms_backward`: two einsums per
+  axis; the terms are not recomputed and no nested autograd call runs). In
   inference the probabilities overwrite the logits in place. For windows and small global
   maps, whose probabilities are small.
 - :func:`sdpa_attend`: ``F.scaled_dot_product_attention`` with the rel-pos bias as additive mask,
@@ -83,13 +84,10 @@ class _ExplicitAttention(torch.autograd.Function):
         grad_k = (grad_logits.transpose(-2, -1) @ q).mul_(ctx.scale)
         grad_lookups = []
         if ctx.rel_pos is not None:
-            needs = [True] + list(ctx.needs_input_grad[6:])
             grad_terms = ctx.rel_pos.grads_from_logits(grad_logits)
             del grad_logits
-            # the terms recomputed with autograd (one einsum per axis) and differentiated
-            inputs, terms = _recompute(lambda q, *lk: ctx.rel_pos.terms(q, lk), [q, *lookups], needs)
-            grad_q_rel, *grad_lookups = _input_grads(terms, inputs, grad_terms)
-            grad_q += grad_q_rel
+            rel_pos = dataclasses.replace(ctx.rel_pos, lookups=lookups)
+            grad_lookups = rel_pos.terms_backward(q, grad_terms, grad_q, ctx.needs_input_grad[6:])
         return (grad_q, grad_k, grad_v, None, None, None, *grad_lookups)
 
 

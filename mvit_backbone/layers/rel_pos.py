@@ -6,7 +6,7 @@ never needed as a whole: it is the sum of per-axis *terms* ``q · R_a`` of shape
 (..., Lq, k_len_a), each broadcast over the other key axes. :class:`RelPos` computes the
 terms and places them on the key grid in the forms the attention implementations consume
 (added to the logits, a bias, or one-hot key codes whose dot product with the terms is the
-bias), and gives the adjoint of that placement for hand-written backwards.
+bias), and gives the adjoints of the terms and of their placement for hand-written backwards.
 
 A table has length ``2 * max(q_len, k_len) - 1`` for the grid it was built for; at run time it
 is linearly interpolated to the lengths it meets, so a model built for 224² runs at 1024² or
@@ -77,6 +77,26 @@ class RelPos:
             term = term.reshape(b, heads, -1, r.shape[1])
             terms.append(F.pad(term, (0, 0, p, 0)) if p else term)
         return terms
+
+    def terms_backward(
+        self, q: torch.Tensor, grad_terms: Sequence[torch.Tensor], grad_q: torch.Tensor,
+        need_lookups: Sequence[bool],
+    ) -> list[torch.Tensor | None]:
+        """Adjoint of :meth:`terms`: adds the gradient of q into ``grad_q`` (same shape as q,
+        in place) and returns the gradient of each lookup (None where not ``need_lookups``)."""
+        p = self.num_prefix
+        b, heads, _, c = q.shape
+        axes = EINSUM_AXES[-len(self.q_shape):]
+        grid = (lambda t: t.split([p, t.shape[2] - p], dim=2)[1]) if p else (lambda t: t)
+        q_grid = grid(q).reshape(b, heads, *self.q_shape, c)
+        grad_q_grid = grid(grad_q).view(b, heads, *self.q_shape, c)
+        grad_lookups = []
+        for a, (r, g) in enumerate(zip(self.lookups, grad_terms)):
+            g = grid(g).reshape(b, heads, *self.q_shape, r.shape[1])
+            grad_q_grid += torch.einsum(f"bn{axes}k,{axes[a]}kc->bn{axes}c", g, r.to(q.dtype))
+            grad_lookups.append(torch.einsum(f"bn{axes}k,bn{axes}c->{axes[a]}kc", g, q_grid)
+                                if need_lookups[a] else None)
+        return grad_lookups
 
     def on_key_axis(self, term: torch.Tensor, axis: int) -> torch.Tensor:
         """A term of ``axis`` (..., rows, k_shape[axis]) viewed on the key grid:
