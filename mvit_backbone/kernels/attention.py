@@ -31,6 +31,10 @@ from ..layers.rel_pos import RelPos
 
 # largest rel-pos bias built at once by sdpa_attend (fp32 elements: 16 MiB)
 BIAS_CHUNK_ELEMENTS = 1 << 22
+# MKL's matmuls run up to 1.7x slower when the logits' row length (the key count) is not a
+# multiple of 8 (393 keys: 8x7x7 and a class token); explicit_attend pads the keys to one with
+# zero rows, whose logits are masked
+KEY_ALIGN = 8
 
 
 def _recompute(fn, tensors: list[torch.Tensor], needs: list[bool]):
@@ -51,20 +55,30 @@ def _input_grads(outputs, inputs: list[torch.Tensor], grad_outputs) -> list[torc
     return [next(found) if t.requires_grad else None for t in inputs]
 
 
+def _pad_keys(t: torch.Tensor) -> torch.Tensor:
+    """Keys or values (..., L, C) zero-padded to L a multiple of ``KEY_ALIGN``."""
+    pad = -t.shape[-2] % KEY_ALIGN
+    return F.pad(t, (0, 0, 0, pad)) if pad else t
+
+
 class _ExplicitAttention(torch.autograd.Function):
     """Inputs: q, k, v (B, heads, L, C), scale, mask (bool or None), the RelPos (or None),
     then its lookups (so that autograd routes their gradients)."""
 
     @staticmethod
     def forward(ctx, q, k, v, scale, mask, rel_pos, *lookups):
-        logits = (q * scale) @ k.transpose(-2, -1)
+        keys = k.shape[-2]
+        k, v = _pad_keys(k), _pad_keys(v)
+        padded_logits = (q * scale) @ k.transpose(-2, -1)
+        logits = padded_logits[..., :keys]
         if rel_pos is not None:
             rel_pos.add_to_(logits, rel_pos.terms(q))
         if mask is not None:
             logits.masked_fill_(~mask, float("-inf"))
+        padded_logits[..., keys:] = float("-inf")
         # nothing keeps the logits: the probabilities overwrite them, row by row
-        probs = torch.ops.aten._softmax.out(logits, -1, False, out=logits)
-        ctx.scale = scale
+        probs = torch.ops.aten._softmax.out(padded_logits, -1, False, out=padded_logits)
+        ctx.scale, ctx.keys = scale, keys
         # the placement of the terms, without the lookups (saved as tensors)
         ctx.rel_pos = None if rel_pos is None else dataclasses.replace(rel_pos, lookups=[])
         ctx.save_for_backward(q, k, v, probs, *lookups)
@@ -73,14 +87,17 @@ class _ExplicitAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         q, k, v, probs, *lookups = ctx.saved_tensors
+        keys = ctx.keys
         grad = grad.contiguous()  # read by two matmuls
-        grad_v = probs.transpose(-2, -1) @ grad
+        grad_v = probs[..., :keys].transpose(-2, -1) @ grad
         grad_logits = grad @ v.transpose(-2, -1)
-        # softmax backward in place (row by row): one Lq x Lk buffer instead of two
+        # softmax backward in place (row by row): one Lq x Lk buffer instead of two; the
+        # padded keys have probability 0, so their logits get gradient 0
         torch.ops.aten._softmax_backward_data.out(
             grad_logits, probs, -1, probs.dtype, grad_input=grad_logits
         )
         grad_q = (grad_logits @ k).mul_(ctx.scale)
+        grad_logits = grad_logits[..., :keys]
         grad_k = (grad_logits.transpose(-2, -1) @ q).mul_(ctx.scale)
         grad_lookups = []
         if ctx.rel_pos is not None:
