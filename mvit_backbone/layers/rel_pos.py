@@ -106,11 +106,13 @@ class RelPos:
         return term.reshape(*term.shape[:-1], *view)
 
     def add_to_(self, logits: torch.Tensor, terms: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Add the bias to logits (B, heads, p + Lq, p + Lk) in place, axis by axis (no
-        Lq x Lk bias is built); returns logits."""
-        grid = logits[..., self.num_prefix:].unflatten(-1, self.k_shape)
-        for a, term in enumerate(terms):
-            grid.add_(self.on_key_axis(term, a))
+        """Add the bias to logits (B, heads, p + Lq, p + Lk) in place, as one matmul of the
+        terms with the :meth:`key_codes` (no Lq x Lk bias is built, and the logits are read and
+        written once, not once per axis); the leading dims of logits must flatten to one
+        (a view). Returns logits."""
+        codes = torch.cat(self.key_codes(logits), dim=1)
+        rows = logits.view(-1, logits.shape[-1])
+        rows.addmm_(torch.cat(list(terms), dim=-1).reshape(rows.shape[0], -1), codes.t())
         return logits
 
     def bias(self, terms: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -134,10 +136,9 @@ class RelPos:
 
     def grads_from_logits(self, grad_logits: torch.Tensor) -> list[torch.Tensor]:
         """Adjoint of :meth:`add_to_`: the gradient of each term from the logits' gradient
-        (B, heads, p + Lq, p + Lk), i.e. the sum over the other key axes."""
-        grid = grad_logits[..., self.num_prefix:].unflatten(-1, self.k_shape)
-        ndim = len(self.k_shape)
-        first = grid.dim() - ndim
-        # (a sum over an empty list of dims would sum over all of them)
-        return [grid.sum([first + i for i in range(ndim) if i != a]) if ndim > 1 else grid
-                for a in range(ndim)]
+        (B, heads, p + Lq, p + Lk), i.e. the sum over the other key axes, as one matmul with
+        the key codes (the gradient is read once)."""
+        codes = self.key_codes(grad_logits)
+        rows = grad_logits.reshape(-1, grad_logits.shape[-1])
+        grads = (rows @ torch.cat(codes, dim=1)).split([c.shape[1] for c in codes], dim=1)
+        return [g.reshape(*grad_logits.shape[:-1], g.shape[1]) for g in grads]
