@@ -46,6 +46,12 @@ def rel_pos_lookup(q_len: int, k_len: int, rel_pos: torch.Tensor) -> torch.Tenso
     return table[offsets.long()]
 
 
+def _grid_rows(x: torch.Tensor, num_prefix: int) -> torch.Tensor:
+    """The rows (dim 2) of x after its ``num_prefix`` prefix rows: the grid tokens' (a view;
+    split, not a slice, so that its backward is one cat)."""
+    return x.split([num_prefix, x.shape[2] - num_prefix], dim=2)[1] if num_prefix else x
+
+
 @dataclass
 class RelPos:
     """The decomposed bias of one attention call: per grid axis, the lookup (q_len, k_len, C)
@@ -69,8 +75,7 @@ class RelPos:
         p = self.num_prefix
         b, heads, _, c = q.shape
         axes = EINSUM_AXES[-len(self.q_shape):]
-        q_grid = (q.split([p, q.shape[2] - p], dim=2)[1] if p else q).reshape(
-            b, heads, *self.q_shape, c)
+        q_grid = _grid_rows(q, p).reshape(b, heads, *self.q_shape, c)
         terms = []
         for a, r in enumerate(self.lookups if lookups is None else lookups):
             term = torch.einsum(f"bn{axes}c,{axes[a]}kc->bn{axes}k", q_grid, r.to(q.dtype))
@@ -87,12 +92,11 @@ class RelPos:
         p = self.num_prefix
         b, heads, _, c = q.shape
         axes = EINSUM_AXES[-len(self.q_shape):]
-        grid = (lambda t: t.split([p, t.shape[2] - p], dim=2)[1]) if p else (lambda t: t)
-        q_grid = grid(q).reshape(b, heads, *self.q_shape, c)
-        grad_q_grid = grid(grad_q).view(b, heads, *self.q_shape, c)
+        q_grid = _grid_rows(q, p).reshape(b, heads, *self.q_shape, c)
+        grad_q_grid = _grid_rows(grad_q, p).view(b, heads, *self.q_shape, c)
         grad_lookups = []
         for a, (r, g) in enumerate(zip(self.lookups, grad_terms)):
-            g = grid(g).reshape(b, heads, *self.q_shape, r.shape[1])
+            g = _grid_rows(g, p).reshape(b, heads, *self.q_shape, r.shape[1])
             grad_q_grid += torch.einsum(f"bn{axes}k,{axes[a]}kc->bn{axes}c", g, r.to(q.dtype))
             grad_lookups.append(torch.einsum(f"bn{axes}k,bn{axes}c->{axes[a]}kc", g, q_grid)
                                 if need_lookups[a] else None)
