@@ -219,14 +219,15 @@ def attention_pool(
     else:
         pooled = first(grid)
     new_shape = tuple(pooled.shape[2:])
-    out = pooled.movedim(1, -1).reshape(b, -1, groups, heads, c)
+    # (G, B, heads, L, C) views, strided; the norm's copy of its input, or the cat with the
+    # class token, lays each out (B, heads, L, C), the layout the attention matmuls read, so
+    # they copy nothing more
+    out = pooled.movedim(1, -1).reshape(b, -1, groups, heads, c).permute(2, 0, 3, 1, 4).unbind(0)
     if num_prefix:
-        out = torch.cat([prefix, out], dim=1)
-    # each tensor is strided here; the norm's copy of its input lays it out (B, heads, L, C),
-    # the layout the attention matmuls read, so they copy nothing more
-    normed = [t if norm is None else norm(t.transpose(1, 2)).transpose(1, 2)
-              for t, norm in zip(out.unbind(2), norms)]
-    return normed, new_shape
+        prefix = prefix.permute(2, 0, 3, 1, 4).unbind(0)
+        out = [torch.cat(pair, dim=2) for pair in zip(prefix, out)]
+    normed = [t if norm is None else norm(t) for t, norm in zip(out, norms)]
+    return [t.transpose(1, 2) for t in normed], new_shape
 
 
 class MultiScaleAttention(nn.Module):
