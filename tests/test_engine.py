@@ -6,6 +6,7 @@ import logging
 import math
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -171,3 +172,62 @@ def test_train_loop_paced_by_a_budget_ends_on_time() -> None:
     # the total is re-estimated every 5 iterations; sleeping alone allows at most 50
     assert 5 <= stats["iters"] <= 50 and progress.done == progress.total
     assert 0.3 < stats["seconds"] < 1.5
+
+
+def _stop_together_worker(rank: int, init_file: str, results) -> None:
+    """One process of a 2-process gloo run: rank 1 cannot load its second batch; rank 0 has a
+    NaN loss in its first step of a second loop."""
+    import torch.distributed as dist
+
+    from mvit_backbone.data.checks import DatasetError
+    from mvit_backbone.engine.loop import NonFiniteLossError, check_finite_loss_everywhere
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    model, x, y = _regression()
+    ddp = nn.parallel.DistributedDataParallel(model)
+    loop = TrainLoop(ddp, torch.optim.SGD(ddp.parameters(), lr=0.01),
+                     lambda b: nn.functional.mse_loss(ddp(b[0]), b[1]), WarmupCosine())
+
+    def batches(broken_at: int | None):
+        for i in range(4):
+            if i == broken_at:
+                raise DatasetError(f"cannot decode image file /data/img{i}.png (rank {rank})")
+            yield x[i * 16:(i + 1) * 16], y[i * 16:(i + 1) * 16]
+
+    outcome = []
+    progress = Progress(total=4)
+    try:
+        loop.run(batches(1 if rank == 1 else None), progress)
+    except DatasetError as e:
+        outcome.append(("data", progress.done, str(e)))
+    try:
+        loss = torch.tensor(math.nan if rank == 0 else 1.0)
+        check_finite_loss_everywhere(loss, {"loss_cls": loss}, iteration=5)
+    except NonFiniteLossError as e:
+        outcome.append(("nan", None, str(e)))
+    dist.destroy_process_group()
+    results[rank] = outcome
+
+
+def test_bad_data_or_nan_loss_in_one_process_stops_every_process(tmp_path) -> None:
+    """Two gloo processes with DDP: bad data met by rank 1 alone, then a NaN loss on rank 0
+    alone, stop both processes at the same point (without the agreement the other one would
+    wait forever in DDP's gradient all-reduce); each names the failing rank and its message."""
+    import torch.multiprocessing as mp
+
+    results = mp.get_context("spawn").Manager().dict()
+    context = mp.start_processes(_stop_together_worker, args=(str(tmp_path / "init"), results),
+                                 nprocs=2, join=False, start_method="spawn")
+    start = time.monotonic()
+    while not context.join(timeout=5):
+        if time.monotonic() - start > 120:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("a process is stuck waiting for the other")
+    rank0, rank1 = results[0], results[1]
+    assert [kind for kind, _, _ in rank0] == ["data", "nan"] == [kind for kind, _, _ in rank1]
+    assert rank0[0][1] == rank1[0][1] == 1  # both stopped after the one finished iteration
+    assert rank1[0][2] == "cannot decode image file /data/img1.png (rank 1)"
+    assert rank0[0][2] == "rank 1: cannot decode image file /data/img1.png (rank 1)"
+    assert rank0[1][2].startswith("non-finite loss nan at iteration 5")
+    assert rank1[1][2].startswith("rank 0: non-finite loss nan at iteration 5")

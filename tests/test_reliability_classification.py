@@ -5,10 +5,14 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from PIL import Image
 from timm.data.distributed_sampler import RepeatAugSampler
 
@@ -53,11 +57,12 @@ def truncate(path: Path) -> None:
     path.write_bytes(content[: len(content) // 2])
 
 
-def train_order(root: Path, epoch: int) -> list[Path]:
-    """The order the training sampler visits the train images in ``epoch`` (seed 0)."""
+def train_order(root: Path, epoch: int, rank: int = 0, world_size: int = 1) -> list[Path]:
+    """The order the training sampler of process ``rank`` visits the train images in ``epoch``
+    (seed 0)."""
     ds = build_dataset(root, "train", None)
-    sampler = RepeatAugSampler(ds, num_replicas=1, rank=0, shuffle=True, num_repeats=1,
-                               selected_round=0)
+    sampler = RepeatAugSampler(ds, num_replicas=world_size, rank=rank, shuffle=True,
+                               num_repeats=1, selected_round=0)
     sampler.set_epoch(epoch)
     return [Path(ds.samples[i][0]) for i in sampler]
 
@@ -160,6 +165,29 @@ def test_broken_train_image_mid_epoch_saves_the_last_good_state(data: Path, tmp_
     metrics = run(tiny(data, tmp_path / "skip", epochs=2, skip_bad_data=True))
     assert len(metrics["history"]) == 2
     assert "skipped 2 image(s)" in (tmp_path / "skip" / "log.txt").read_text()  # once an epoch
+
+
+def test_broken_image_in_one_process_stops_both_and_saves(data: Path, tmp_path: Path) -> None:
+    """torchrun, 2 gloo processes: an image of rank 1's second batch is torn. Both processes
+    stop at that batch (rank 0 does not wait forever in DDP's all-reduce); rank 0 saves the one
+    finished iteration and its message names rank 1 and the file."""
+    bad = train_order(data, epoch=0, rank=1, world_size=2)[4 + 1]
+    truncate(bad)
+    out = tmp_path / "ddp"
+    cfg = tiny(data, out, epochs=1)
+    cfg_file = tmp_path / "ddp.yaml"
+    cfg_file.write_text(yaml.safe_dump({k: list(v) if isinstance(v, tuple) else v
+                                        for k, v in vars(cfg).items()}))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(ENTRY), "--config", str(cfg_file)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert f"training stopped on bad data: rank 1: cannot decode image file {bad}" in output
+    assert f"the last good state is saved in {out / 'checkpoint_last.pth'}" in output
+    ckpt = read_checkpoint(out / "checkpoint_last.pth")
+    assert (ckpt["epoch"], ckpt["partial_epoch_iterations"]) == (-1, 1)
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -351,14 +351,16 @@ class EpochRun:
         last = self.last_checkpoint
         try:
             return loop.run(self._skip_batches(loader, skip_batches), progress, on_step=on_step,
-                            prefix=f"epoch {epoch + 1}/{self.cfg.epochs}  ")
+                            prefix=f"epoch {epoch + 1}/{self.cfg.epochs}  ",
+                            data_errors=data_errors)
         except NonFiniteLossError as e:
             raise stopped_on_non_finite_loss(e, str(last) if last.exists() else None) from None
         except data_errors as e:
             done = progress.done - epoch * len(loader)
             saved = None
-            if self.info.is_main and done > skip_batches:
-                self.save(state(epoch - 1, done))
+            if done > skip_batches:  # every process stops here; the main one saves
+                if self.info.is_main:
+                    self.save(state(epoch - 1, done))
                 saved = str(last)
             raise stopped_on_bad_data(worker_message(e), saved, self.skip_option) from None
 

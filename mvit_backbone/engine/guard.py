@@ -22,29 +22,38 @@ from detectron2.utils import comm
 from ..data.checks import DatasetError, worker_message
 from .loop import (
     NonFiniteLossError,
-    check_finite_loss,
+    agreed_batches,
+    check_finite_loss_everywhere,
     stopped_on_bad_data,
     stopped_on_non_finite_loss,
 )
 
 
-class FiniteLossCheck:
+class StopTogetherChecks:
     """Mixin for detectron2's trainers: the loss check of :func:`check_finite_loss` (this
-    package's wording) on every process, before the optimizer step."""
+    package's wording) before the optimizer step, and batches confirmed by every process
+    (:func:`agreed_batches`), so that bad data or a non-finite loss in one process of a
+    distributed run stops them all."""
+
+    @property
+    def _data_loader_iter(self):
+        if self._data_loader_iter_obj is None:
+            self._data_loader_iter_obj = agreed_batches(self.data_loader)
+        return self._data_loader_iter_obj
 
     def _write_metrics(self, loss_dict: Mapping[str, torch.Tensor], data_time: float,
                        prefix: str = "", iter: int | None = None) -> None:
         terms = {k: float(v.detach()) for k, v in loss_dict.items()}
-        check_finite_loss(sum(terms.values()), terms, self.iter if iter is None else iter)
+        check_finite_loss_everywhere(sum(terms.values()), terms, self.iter if iter is None else iter)
         super()._write_metrics(loss_dict, data_time, prefix=prefix, iter=iter)
 
 
-class CheckedSimpleTrainer(FiniteLossCheck, SimpleTrainer):
-    """detectron2's ``SimpleTrainer`` with :class:`FiniteLossCheck`."""
+class CheckedSimpleTrainer(StopTogetherChecks, SimpleTrainer):
+    """detectron2's ``SimpleTrainer`` with :class:`StopTogetherChecks`."""
 
 
-class CheckedAMPTrainer(FiniteLossCheck, AMPTrainer):
-    """detectron2's ``AMPTrainer`` with :class:`FiniteLossCheck`."""
+class CheckedAMPTrainer(StopTogetherChecks, AMPTrainer):
+    """detectron2's ``AMPTrainer`` with :class:`StopTogetherChecks`."""
 
 
 def train_saving_on_error(train: Callable[[], Any], trainer: Any, checkpointer: Any,
@@ -65,9 +74,10 @@ def train_saving_on_error(train: Callable[[], Any], trainer: Any, checkpointer: 
     except DatasetError as e:
         done = trainer.iter - 1  # iterations up to this one finished; this one never ran
         saved = None
-        if done >= start_iter and comm.is_main_process():
-            trainer.iter = done
+        if done >= start_iter:  # every process stops here; the main one saves
             name = f"model_{done:07d}"
-            checkpointer.save(name, iteration=done)
+            if comm.is_main_process():
+                trainer.iter = done
+                checkpointer.save(name, iteration=done)
             saved = os.path.join(checkpointer.save_dir, name + ".pth")
         raise stopped_on_bad_data(worker_message(e), saved) from None

@@ -8,11 +8,12 @@ import logging
 import math
 import statistics
 import time
-from typing import Any, Callable, ContextManager, Iterable, Mapping
+from typing import Any, Callable, ContextManager, Iterable, Iterator, Mapping
 
 import torch
 import torch.nn as nn
 
+from ..data.checks import DatasetError, worker_message
 from .progress import Progress
 
 logger = logging.getLogger("mvit_backbone.engine")
@@ -51,6 +52,35 @@ def stopped_on_bad_data(message: str, saved: str | None, skip_option: str = "--s
                            f"pass {skip_option}, then --resume")
 
 
+def _world_size() -> int:
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def raise_if_any_failed(error: BaseException | None, raise_as: type[Exception]) -> None:
+    """Raise ``error`` here, and in a distributed run on every process if any process failed
+    at this point of the iteration, so that all stop together (one all-reduce) instead of the
+    others waiting forever in the next collective. A process that did not fail raises
+    ``raise_as`` with the failing processes' messages, each after its rank. Every process of
+    the run must call this at the same point of each iteration."""
+    if _world_size() == 1:
+        if error is not None:
+            raise error
+        return
+    dist = torch.distributed
+    device = (torch.device("cuda", torch.cuda.current_device())
+              if dist.get_backend() == "nccl" else torch.device("cpu"))
+    failed = torch.tensor([int(error is not None)], device=device)
+    dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+    if not failed.item():
+        return
+    messages: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(messages, None if error is None else worker_message(error))
+    if error is not None:
+        raise error
+    raise raise_as("; ".join(f"rank {rank}: {m}" for rank, m in enumerate(messages) if m))
+
+
 def _as_float(value: "torch.Tensor | float") -> float:
     # detached: float() of a tensor that requires grad warns
     return float(value.detach() if isinstance(value, torch.Tensor) else value)
@@ -66,6 +96,36 @@ def check_finite_loss(total: "torch.Tensor | float", terms: Mapping[str, "torch.
     named = ", ".join(f"{k}={_as_float(v):.6g}" for k, v in terms.items()) or "none"
     raise NonFiniteLossError(f"non-finite loss {value} at iteration {iteration} "
                              f"(loss terms: {named})")
+
+
+def check_finite_loss_everywhere(total: "torch.Tensor | float",
+                                 terms: Mapping[str, "torch.Tensor | float"], iteration: int) -> None:
+    """:func:`check_finite_loss` in every process of a run: a non-finite loss in any of them
+    raises :class:`NonFiniteLossError` in all (:func:`raise_if_any_failed`)."""
+    error = None
+    try:
+        check_finite_loss(total, terms, iteration)
+    except NonFiniteLossError as e:
+        error = e
+    raise_if_any_failed(error, NonFiniteLossError)
+
+
+def agreed_batches(batches: Iterable, data_errors: tuple[type[BaseException], ...] = (DatasetError,)
+                   ) -> Iterator:
+    """The batches of ``batches``, each confirmed by every process of a run: one that a process
+    cannot load (one of ``data_errors``) raises in all (:func:`raise_if_any_failed`; the others
+    raise :class:`DatasetError` naming the rank and the file)."""
+    loader = iter(batches)
+    while True:
+        batch, error = None, None
+        try:
+            batch = next(loader)
+        except StopIteration:
+            return
+        except data_errors as e:
+            error = e
+        raise_if_any_failed(error, DatasetError)
+        yield batch
 
 
 class TrainLoop:
@@ -112,13 +172,14 @@ class TrainLoop:
         """One iteration on ``batch``; returns the losses (``loss`` is their sum) as floats.
 
         Raises:
-            NonFiniteLossError: the loss is NaN or infinite (before any weight changes).
+            NonFiniteLossError: the loss is NaN or infinite (before any weight changes), here
+                or in another process of a distributed run.
         """
         with self.autocast():
             out = self.loss_fn(batch)
         losses = dict(out) if isinstance(out, Mapping) else {}
         loss = sum(losses.values()) if losses else out
-        check_finite_loss(loss, losses, iteration)
+        check_finite_loss_everywhere(loss, losses, iteration)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -138,7 +199,8 @@ class TrainLoop:
 
     def run(self, batches: Iterable, progress: Progress, *, budget_seconds: float | None = None,
             on_step: Callable[[int, dict[str, float]], None] | None = None,
-            prefix: str = "") -> dict[str, float]:
+            prefix: str = "", data_errors: tuple[type[BaseException], ...] = (DatasetError,)
+            ) -> dict[str, float]:
         """Train on ``batches`` until they run out or ``progress.done`` reaches ``progress.total``.
 
         ``progress`` counts the iterations of the whole training (it may span several runs, one
@@ -146,7 +208,10 @@ class TrainLoop:
         ``budget_seconds``, ``progress.total`` is re-estimated every 5 iterations from the median
         iteration time so that training ends about ``budget_seconds`` after ``progress`` started.
         ``on_step(iteration, metrics)`` runs after each iteration, with the losses, ``lr``,
-        ``time`` and ``data_time`` (seconds). Progress lines start with ``prefix``.
+        ``time`` and ``data_time`` (seconds). Progress lines start with ``prefix``. A batch that
+        cannot be loaded (one of ``data_errors``) or a non-finite loss stops every process of a
+        distributed run (:func:`raise_if_any_failed`; the others raise :class:`DatasetError` or
+        :class:`NonFiniteLossError` naming the rank and its message).
 
         Returns this run's iterations, mean ``loss`` and wall ``seconds``.
         """
@@ -154,7 +219,7 @@ class TrainLoop:
         progress.mark()
         start, losses = time.perf_counter(), []
         recent: dict[str, list[float]] = {}
-        batch_iter = iter(batches)
+        batch_iter = agreed_batches(batches, data_errors)
         logged = True
         while progress.done < progress.total:
             t0 = time.perf_counter()
