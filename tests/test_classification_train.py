@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 import mvit_backbone
 from mvit_backbone.classification.train import (
@@ -25,6 +24,8 @@ from mvit_backbone.classification.train import (
 )
 from mvit_backbone.data.image_folder import write_synthetic_image_folder
 from mvit_backbone.engine.optim import param_groups
+
+from helpers.torchrun import torchrun_imagenet
 
 REPO = Path(__file__).resolve().parents[1]
 ENTRY = REPO / "projects" / "MViTv2" / "train_imagenet.py"
@@ -221,13 +222,7 @@ def test_bad_checkpoints_are_reported(trained: tuple[Path, dict], data: Path, tm
 @pytest.mark.slow
 def test_two_process_gloo_training(data: Path, tmp_path: Path) -> None:
     cfg = tiny_config(data, tmp_path / "ddp", epochs=1, repeated_aug=2, batch_size=8, eval_batch_size=5)
-    cfg_file = tmp_path / "ddp.yaml"
-    cfg_file.write_text(yaml.safe_dump({k: list(v) if isinstance(v, tuple) else v
-                                        for k, v in vars(cfg).items()}))
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ENTRY), "--config", str(cfg_file)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    proc = torchrun_imagenet(cfg, tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     log = (tmp_path / "ddp" / "log.txt").read_text()

@@ -5,14 +5,10 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from PIL import Image
 from timm.data.distributed_sampler import RepeatAugSampler
 
@@ -28,6 +24,8 @@ from mvit_backbone.classification.train import (
 from mvit_backbone.data.checks import DatasetError
 from mvit_backbone.data.image_folder import write_synthetic_image_folder
 from mvit_backbone.engine.loop import TrainingStopped
+
+from helpers.torchrun import torchrun_imagenet
 
 REPO = Path(__file__).resolve().parents[1]
 ENTRY = REPO / "projects" / "MViTv2" / "train_imagenet.py"
@@ -174,14 +172,7 @@ def test_broken_image_in_one_process_stops_both_and_saves(data: Path, tmp_path: 
     bad = train_order(data, epoch=0, rank=1, world_size=2)[4 + 1]
     truncate(bad)
     out = tmp_path / "ddp"
-    cfg = tiny(data, out, epochs=1)
-    cfg_file = tmp_path / "ddp.yaml"
-    cfg_file.write_text(yaml.safe_dump({k: list(v) if isinstance(v, tuple) else v
-                                        for k, v in vars(cfg).items()}))
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ENTRY), "--config", str(cfg_file)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    proc = torchrun_imagenet(tiny(data, out, epochs=1), tmp_path)
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert f"training stopped on bad data: rank 1: cannot decode image file {bad}" in output
