@@ -9,6 +9,10 @@ non-finite-loss check, and a checkpoint of the last good state when the data bre
   optimizer step; or detectron2's own ``FloatingPointError`` on NaN boxes): nothing is saved
   (those weights lead to the bad loss); the run stops naming the iteration, the loss terms and
   the last good checkpoint, which is kept.
+
+In a distributed run both checks are agreed by every process (one all-reduce each,
+:func:`~mvit_backbone.engine.loop.raise_if_any_failed`): one process meeting either stops all of
+them at the same iteration, and the others' messages name its rank.
 """
 from __future__ import annotations
 
