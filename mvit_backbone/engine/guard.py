@@ -41,6 +41,7 @@ class StopTogetherChecks:
 
     @property
     def _data_loader_iter(self):
+        # SimpleTrainer.run_step takes each batch from here (detectron2's place to wrap the loader)
         if self._data_loader_iter_obj is None:
             self._data_loader_iter_obj = agreed_batches(self.data_loader)
         return self._data_loader_iter_obj
