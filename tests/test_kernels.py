@@ -234,11 +234,13 @@ SMALL_3D = dict(patch_kernel=(3, 7, 7), patch_stride=(2, 4, 4), patch_padding=(1
                 num_frames=8, img_size=64)
 
 
-def test_3d_trunk_forward_backward_under_every_policy():
+@pytest.mark.parametrize("use_cls_token", [False, True], ids=["grid", "cls"])
+def test_3d_trunk_forward_backward_under_every_policy(use_cls_token):
     """Cube embedding, space-only Q pooling at transitions, (1, s, s) K/V strides and rel-pos
-    over t, h, w; a clip length and frame size other than the built ones interpolate."""
+    over t, h, w; a clip length and frame size other than the built ones interpolate. With a
+    class token and two clips the fast block projects the tokens grid-first."""
     torch.manual_seed(0)
-    trunk = _AsDict(MViTTrunk(**SMALL_3D), lambda m, x: {
+    trunk = _AsDict(MViTTrunk(**SMALL_3D, use_cls_token=use_cls_token), lambda m, x: {
         f"stage{i}": t for i, (t, _) in enumerate(m.forward_stages(x))}).train()
     blocks = trunk.trunk.blocks
     assert blocks[1].attn.cfg.stride_q == (1, 2, 2)
@@ -247,7 +249,7 @@ def test_3d_trunk_forward_backward_under_every_policy():
     x = torch.randn(2, 3, 6, 48, 80)
     with torch.no_grad():
         out = trunk(x)
-    assert out["stage2"].shape == (2, 3 * 3 * 5, 64)
+    assert out["stage2"].shape == (2, use_cls_token + 3 * 3 * 5, 64)
     assert all(torch.isfinite(v).all() for v in out.values())
     _assert_policies_agree(trunk, x)
 

@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from ..layers.attention import AttendFn, MultiScaleAttention, attention_pool
+from ..layers.attention import AttendFn, MultiScaleAttention, attention_pool, pool_grid
 from ..layers.blocks import MultiScaleBlock
 from .linear import TOKEN_CHUNK, linear, mlp_forward, norm_linear
 from .pool import depthwise_conv
@@ -47,17 +47,32 @@ def _project_and_pool(
 ) -> tuple[list[torch.Tensor], list[tuple[int, ...]]]:
     """``norm(x)`` projected by the qkv rows of each part (one node) and pooled. Returns one
     (B, p + L, heads, C) tensor per pool and one grid shape per pool."""
-    b, n, _ = x.shape
+    b, n, dim = x.shape
+    p = attn.num_prefix
     weight, bias = attn.qkv.weight, attn.qkv.bias
     projections = [(weight[rows], None if bias is None else bias[rows]) for rows, _, _ in parts]
+    # With class tokens and several samples, the grid tokens of a (B, p + L) projection are not
+    # a dense channels-last tensor, and the pooling conv would copy every part of it; the
+    # projection of the rows in grid-first order (every sample's grid, then every class token)
+    # gives the conv a dense grid, at the cost of one copy of the narrower input.
+    grid_first = p > 0 and b > 1
+    if grid_first:
+        x_prefix, x_grid = x.split([p, n - p], dim=1)
+        x = torch.cat([x_grid.reshape(-1, dim), x_prefix.reshape(-1, dim)])
     pooled, shapes = [], []
     for projected, (_, pools, norms) in zip(norm_linear(x, norm, projections), parts):
-        projected = projected.reshape(b, n, len(pools), attn.num_heads, -1)
-        args = (projected, shape, pools, norms, attn.num_prefix, depthwise_conv)
-        if recompute_pool and any(m is not None for m in norms):
-            out, out_shape = checkpoint(attention_pool, *args, use_reentrant=False)
+        if grid_first:
+            grid, prefix = projected.split([b * (n - p), b * p])
+            tokens = (grid.view(b, n - p, len(pools), attn.num_heads, -1),
+                      prefix.view(b, p, len(pools), attn.num_heads, -1))
+            pool, args = pool_grid, (*tokens, shape, pools, norms, depthwise_conv)
         else:
-            out, out_shape = attention_pool(*args)
+            projected = projected.reshape(b, n, len(pools), attn.num_heads, -1)
+            pool, args = attention_pool, (projected, shape, pools, norms, p, depthwise_conv)
+        if recompute_pool and any(m is not None for m in norms):
+            out, out_shape = checkpoint(pool, *args, use_reentrant=False)
+        else:
+            out, out_shape = pool(*args)
         pooled += out
         shapes += [out_shape] * len(pools)
     return pooled, shapes

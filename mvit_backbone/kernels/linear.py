@@ -77,6 +77,11 @@ def _param_grads(grad2d: torch.Tensor, y: torch.Tensor | None, has_bias: bool, n
             grad2d.sum(0) if has_bias and need_bias else None)
 
 
+def _cat(chunks: list[torch.Tensor]) -> torch.Tensor:
+    """The token chunks as one tensor; one chunk as it is (``torch.cat`` would copy it)."""
+    return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+
+
 def _norm_forward(x2d, ln_weight, ln_bias, eps):
     """LayerNorm over the last axis, with its statistics; the identity when eps is None."""
     if eps is None:
@@ -143,7 +148,7 @@ class _GeluMlpFn(torch.autograd.Function):
         y, mean, rstd = _norm_forward(x2d, ln_weight, ln_bias, eps)
         hidden = _matmul(y, w1, b1)
         del y
-        out = torch.cat([_matmul(F.gelu(h), w2, b2) for h in hidden.split(TOKEN_CHUNK)])
+        out = _cat([_matmul(F.gelu(h), w2, b2) for h in hidden.split(TOKEN_CHUNK)])
         ctx.eps = eps
         ctx.has_bias = (b1 is not None, b2 is not None)
         ctx.save_for_backward(x2d, mean, rstd, ln_weight, ln_bias, hidden, w1, w2)
@@ -158,9 +163,10 @@ class _GeluMlpFn(torch.autograd.Function):
         grad_w1 = torch.zeros_like(w1) if needs[4] else None
         grad_b1 = w1.new_zeros(w1.shape[0]) if ctx.has_bias[0] and needs[5] else None
         grad_w2 = torch.zeros_like(w2) if needs[6] else None
-        grad_y = torch.empty_like(y)
-        chunks = (t.split(TOKEN_CHUNK) for t in (grad, hidden, y, grad_y))
-        for g, h, y_part, grad_y_part in zip(*chunks):
+        # one chunk: its input gradient is grad_y, not copied into one
+        grad_y = torch.empty_like(y) if y.shape[0] > TOKEN_CHUNK else None
+        chunks = (t.split(TOKEN_CHUNK) for t in (grad, hidden, y))
+        for start, (g, h, y_part) in zip(range(0, y.shape[0], TOKEN_CHUNK), zip(*chunks)):
             if grad_w2 is not None:
                 grad_w2.addmm_(g.t(), F.gelu(h))
             grad_h = torch.ops.aten.gelu_backward(_input_grad(g, w2), h)
@@ -168,7 +174,11 @@ class _GeluMlpFn(torch.autograd.Function):
                 grad_w1.addmm_(grad_h.t(), y_part)
             if grad_b1 is not None:
                 grad_b1 += grad_h.sum(0)
-            grad_y_part.copy_(_input_grad(grad_h, w1))
+            grad_y_part = _input_grad(grad_h, w1)
+            if grad_y is None:
+                grad_y = grad_y_part
+            else:
+                grad_y[start:start + TOKEN_CHUNK] = grad_y_part
         del y, hidden
         grad_b2 = grad.sum(0) if ctx.has_bias[1] and needs[7] else None
         grad_x, grad_ln_w, grad_ln_b = _norm_backward(

@@ -203,14 +203,31 @@ def attention_pool(
     Returns G tensors (B, num_prefix + prod(pooled shape), heads, C) and the pooled grid shape.
     An ``nn.Identity`` pool (unpooled, stride 1) returns the tensors as they are.
     """
-    first = pools[0]
-    if isinstance(first, nn.Identity):  # unpooled (``pool_stride_one`` or ``pool_q_unstrided``)
+    if isinstance(pools[0], nn.Identity):  # unpooled (``pool_stride_one`` or ``pool_q_unstrided``)
         return list(x.unbind(2)), tuple(shape)
-    b = x.shape[0]
-    groups, heads, c = x.shape[2:]
     # split, not slices: a slice's backward fills a zero gradient of the whole tensor
-    prefix, grid = x.split([num_prefix, x.shape[1] - num_prefix], dim=1) if num_prefix else (x, x)
+    prefix, grid = x.split([num_prefix, x.shape[1] - num_prefix], dim=1) if num_prefix else (None, x)
+    return pool_grid(grid, prefix, shape, pools, norms, depthwise_conv)
+
+
+def pool_grid(
+    grid: torch.Tensor,
+    prefix: torch.Tensor | None,
+    shape: Sequence[int],
+    pools: Sequence[nn.Module],
+    norms: Sequence[nn.Module | None],
+    depthwise_conv: DepthwiseConvFn = plain_depthwise_conv,
+) -> tuple[list[torch.Tensor], tuple[int, ...]]:
+    """:func:`attention_pool` of the grid tokens (B, prod(shape), G, heads, C) and the class
+    tokens (B, p, G, heads, C) (or None) given apart."""
+    if isinstance(pools[0], nn.Identity):
+        tokens = grid if prefix is None else torch.cat([prefix, grid], dim=1)
+        return list(tokens.unbind(2)), tuple(shape)
+    first = pools[0]
+    b = grid.shape[0]
+    groups, heads, c = grid.shape[2:]
     # (B, *shape, channels) is channels-last: the depthwise conv reads it without a transpose
+    # (when the grid's rows are dense, see ``kernels.block``)
     grid = grid.reshape(b, *shape, groups * heads * c).movedim(-1, 1)
     if isinstance(first, (nn.Conv2d, nn.Conv3d)):
         ones = (1,) * (first.weight.dim() - 1)
@@ -223,7 +240,7 @@ def attention_pool(
     # class token, lays each out (B, heads, L, C), the layout the attention matmuls read, so
     # they copy nothing more
     out = pooled.movedim(1, -1).reshape(b, -1, groups, heads, c).permute(2, 0, 3, 1, 4).unbind(0)
-    if num_prefix:
+    if prefix is not None:
         prefix = prefix.permute(2, 0, 3, 1, 4).unbind(0)
         out = [torch.cat(pair, dim=2) for pair in zip(prefix, out)]
     normed = [t if norm is None else norm(t) for t, norm in zip(out, norms)]
