@@ -40,7 +40,8 @@ ATTENDS = [explicit_attend, sdpa_attend, folded_attend]
 
 # ---------------------------------------------------------------- relative positions
 @pytest.mark.parametrize("q_shape,k_shape,prefix", [
-    ((5,), (3,), 0), ((4, 6), (2, 3), 1), ((2, 4, 3), (2, 2, 3), 0)], ids=["1d", "2d_cls", "3d"])
+    ((5,), (3,), 0), ((5,), (3,), 2), ((4, 6), (2, 3), 1), ((2, 4, 3), (2, 2, 3), 0),
+    ((2, 4, 3), (2, 2, 3), 1)], ids=["1d", "1d_cls", "2d_cls", "3d", "3d_cls"])
 def test_rel_pos_terms_place_the_bias_of_eq4_every_way(q_shape, k_shape, prefix):
     """MViTv2 Eq. 4 by brute force; the bias, the in-place add, the one-hot key codes and the
     adjoint all describe the same placement of the per-axis terms."""
@@ -60,6 +61,8 @@ def test_rel_pos_terms_place_the_bias_of_eq4_every_way(q_shape, k_shape, prefix)
             r = sum(lookups[a][qi[a], kj[a]] for a in range(len(q_shape)))
             expected[:, :, prefix + i, prefix + j] = q[:, :, prefix + i] @ r
     torch.testing.assert_close(rel.bias(terms), expected, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # built in place, after the prefix columns
+        torch.testing.assert_close(rel.bias(terms), expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(rel.add_to_(torch.zeros_like(expected), terms), expected,
                                atol=1e-5, rtol=1e-5)
     codes = rel.key_codes(q)

@@ -14,6 +14,7 @@ is linearly interpolated to the lengths it meets, so a model built for 224² run
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -120,10 +121,26 @@ class RelPos:
         return logits
 
     def bias(self, terms: Sequence[torch.Tensor]) -> torch.Tensor:
-        """The bias (B, heads, rows, p + Lk) from terms (B, heads, rows, k_shape[a])."""
-        bias = sum(self.on_key_axis(term, a) for a, term in enumerate(terms))
-        bias = bias.flatten(3)
-        return F.pad(bias, (self.num_prefix, 0)) if self.num_prefix else bias
+        """The bias (B, heads, rows, p + Lk) from terms (B, heads, rows, k_shape[a]): the terms
+        summed on the key grid, zero for the prefix keys."""
+        placed = [self.on_key_axis(term, a) for a, term in enumerate(terms)]
+        partial = placed[0]  # the sum over all axes but the last: a fraction of the bias
+        for term in placed[1:-1]:
+            partial = partial + term
+        p = self.num_prefix
+        if p and not torch.is_grad_enabled():
+            # the last sum written after the prefix columns: one bias-sized write, where the
+            # sum and then a pad write it twice
+            bias = partial.new_empty(*partial.shape[:3], p + math.prod(self.k_shape))
+            bias[..., :p] = 0
+            grid = bias[..., p:].unflatten(-1, self.k_shape)
+            if len(placed) > 1:
+                torch.add(partial, placed[-1], out=grid)
+            else:
+                grid.copy_(partial)
+            return bias
+        bias = (partial + placed[-1] if len(placed) > 1 else partial).flatten(3)
+        return F.pad(bias, (p, 0)) if p else bias
 
     def key_codes(self, like: torch.Tensor) -> list[torch.Tensor]:
         """Per axis a, the one-hot coordinate of every key along a: (p + Lk, k_shape[a]), zero
