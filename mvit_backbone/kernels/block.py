@@ -13,9 +13,10 @@ keeping less:
   recomputed there (a depthwise conv) instead of stored.
 - Where the query is pooled (a stage's first block) the qkv projection is at the input
   resolution with the output width, the largest tensor of the block: it is recomputed with its
-  pooling in backward from x, which the block keeps anyway, Q apart from K and V so that the
-  recomputed projection and its gradient exist for one part at a time; so is the projected
-  skip before its max-pool.
+  pooling in backward from x, which the block keeps anyway, Q, K and V apart so that the
+  recomputed projection and its gradient exist for one of them at a time (in video, each then
+  stays below the size from which glibc maps fresh, page-faulted memory on every call); so is
+  the projected skip before its max-pool.
 Without ``recompute`` (small inputs, where storing is cheap and recomputing is not) the norms
 and GELU run in PyTorch's autograd, which stores their outputs.
 Inference:
@@ -86,7 +87,7 @@ def _attention_forward(
     pooled tensors (in transition blocks the whole projection) recomputed in backward."""
     if recompute and any(s > 1 for s in attn.cfg.stride_q):
         pooled, shapes = [], []
-        for part in attn.pool_parts(separate_q=True):
+        for part in attn.pool_parts(separate=True):
             out, out_shapes = checkpoint(_project_and_pool, attn, x, shape, norm, [part], False,
                                          use_reentrant=False)
             pooled += out

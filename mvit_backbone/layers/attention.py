@@ -323,19 +323,24 @@ class MultiScaleAttention(nn.Module):
         return [rel_pos_lookup(qs, ks, t) for qs, ks, t in zip(q_shape, k_shape, self.rel_pos_tables())]
 
     def pool_parts(
-        self, separate_q: bool = False
+        self, separate: bool = False
     ) -> list[tuple[slice, tuple[nn.Module, ...], tuple[nn.Module | None, ...]]]:
         """The parts of Q, K, V pooled together: (rows of the qkv output, pools, norms). K and V
-        always share a stride; Q joins them when its stride is the same and it is pooled, unless
-        ``separate_q``. An unpooled Q is a part with pool ``nn.Identity``."""
+        share a stride and are one part, unless ``separate``; Q joins them when its stride is
+        the same and it is pooled, unless ``separate``. An unpooled Q is a part with pool
+        ``nn.Identity``."""
         d = self.qkv.out_features // 3
+        q, k, v = ((slice(i * d, (i + 1) * d), (pool,), (norm,)) for i, (pool, norm) in
+                   enumerate([(self.pool_q, self.norm_q), (self.pool_k, self.norm_k),
+                              (self.pool_v, self.norm_v)]))
+        if separate:
+            return [q, k, v]
         q_pooled_as_kv = isinstance(self.pool_q, nn.Identity) == isinstance(self.pool_k, nn.Identity)
-        if self.cfg.stride_q == self.cfg.stride_kv and q_pooled_as_kv and not separate_q:
+        if self.cfg.stride_q == self.cfg.stride_kv and q_pooled_as_kv:
             return [(slice(0, 3 * d), (self.pool_q, self.pool_k, self.pool_v),
                      (self.norm_q, self.norm_k, self.norm_v))]
         # Q and K/V apart: each conv then reads a dense tensor, not a strided slice
-        return [(slice(0, d), (self.pool_q,), (self.norm_q,)),
-                (slice(d, 3 * d), (self.pool_k, self.pool_v), (self.norm_k, self.norm_v))]
+        return [q, (slice(d, 3 * d), (self.pool_k, self.pool_v), (self.norm_k, self.norm_v))]
 
     def attention(
         self,
