@@ -30,6 +30,9 @@ from mvit_backbone.layers import (
     Mlp,
     MultiScaleBlock,
     attend,
+    attention_pool,
+    make_pool,
+    pool_grid,
     rel_pos_lookup,
     RelPos,
 )
@@ -341,3 +344,21 @@ def test_yacs_keys_are_the_constructor_arguments():
     assert keys == args
     assert "kernels" in keys and "window_padding" in keys and "num_frames" in keys
     assert set(inspect.signature(MViTTrunk.__init__).parameters) - {"self"} <= set(mvit_arguments())
+
+
+@pytest.mark.parametrize("mode,stride", [("conv", (2, 2)), ("max", (2, 2)), ("conv", (1, 1))],
+                         ids=["conv", "max", "unpooled"])
+def test_pool_grid_of_grid_first_tokens_equals_attention_pool(mode, stride):
+    """The fast block's grid-first layout (grid and class tokens given apart) pools as
+    attention_pool does on the (B, p + L) layout, including a part left unpooled."""
+    torch.manual_seed(0)
+    b, p, shape, groups, heads, c = 2, 1, (6, 4), 2, 3, 8
+    made = [make_pool(c, (3, 3), stride, mode, torch.nn.LayerNorm, pool_stride_one=False)
+            for _ in range(groups)]
+    pools, norms = [m[0] for m in made], [m[1] for m in made]
+    x = torch.randn(b, p + 24, groups, heads, c)
+    expected, expected_shape = attention_pool(x, shape, pools, norms, p)
+    out, out_shape = pool_grid(x[:, p:].contiguous(), x[:, :p].contiguous(), shape, pools, norms)
+    assert out_shape == expected_shape
+    for got, want in zip(out, expected):
+        torch.testing.assert_close(got, want)

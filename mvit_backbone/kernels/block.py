@@ -53,10 +53,12 @@ def _project_and_pool(
     weight, bias = attn.qkv.weight, attn.qkv.bias
     projections = [(weight[rows], None if bias is None else bias[rows]) for rows, _, _ in parts]
     # With class tokens and several samples, the grid tokens of a (B, p + L) projection are not
-    # a dense channels-last tensor, and the pooling conv would copy every part of it; the
-    # projection of the rows in grid-first order (every sample's grid, then every class token)
-    # gives the conv a dense grid, at the cost of one copy of the narrower input.
-    grid_first = p > 0 and b > 1
+    # a dense channels-last tensor, and the pooling would copy every part of it; the projection
+    # of the rows in grid-first order (every sample's grid, then every class token) gives it a
+    # dense grid, at the cost of one copy of the narrower input. Unpooled parts would instead
+    # need a copy to rejoin the class tokens, so a block with one keeps the (B, p + L) order.
+    pooled_parts = not any(isinstance(pools[0], nn.Identity) for _, pools, _ in parts)
+    grid_first = p > 0 and b > 1 and pooled_parts
     if grid_first:
         x_prefix, x_grid = x.split([p, n - p], dim=1)
         x = torch.cat([x_grid.reshape(-1, dim), x_prefix.reshape(-1, dim)])
