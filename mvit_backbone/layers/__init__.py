@@ -7,10 +7,10 @@ from .attention import (
     MultiScaleAttention,
     attend,
     attention_pool,
-    pool_grid,
     attention_probs,
     make_pool,
     plain_depthwise_conv,
+    pool_grid,
 )
 from .blocks import BlockConfig, Mlp, MultiScaleBlock
 from .patch_embed import PatchEmbed
