@@ -97,3 +97,19 @@ def test_timm_comparison_runs_both_modes_on_the_same_function():
         assert r.timm_s > 0 and r.ours_s > 0 and r.time_ratio == pytest.approx(r.ours_s / r.timm_s)
     assert lines[-1].startswith("eta: 0:00:00  mode: 2/2")
     assert "| `mvitv2_t` / timm `mvitv2_tiny` | 224² | 1 | fwd+bwd |" in timm_markdown(results)
+
+
+def test_timm_kernel_floor_profiles_both_classifiers():
+    from mvit_backbone.benchmark import timm_kernel_floor
+
+    rows = timm_kernel_floor(size=64, batches={"fwd+bwd": 1}, repeats=1, profiled_steps=1)
+    (row,) = rows
+    assert row["mode"] == "fwd+bwd" and row["timm_model"] == "mvitv2_tiny"
+    # both steps run Linear layers and attention matmuls (timm: bmm + softmax; ours: its node)
+    for prefix in ("", "timm_"):
+        assert row[f"{prefix}matmul_s"] > 0 and row[f"{prefix}attention_s"] > 0
+    assert row["floor_ratio"] == pytest.approx((row["matmul_s"] + row["attention_s"]) / row["timm_s"])
+    assert row["time_ratio"] == pytest.approx(row["ours_s"] / row["timm_s"])
+    # the profiled step holds its kernels and more
+    assert row["profiled_step_s"] > row["matmul_s"] + row["attention_s"]
+    assert row["timm_profiled_step_s"] > row["timm_matmul_s"] + row["timm_attention_s"]

@@ -29,6 +29,7 @@ from mvit_backbone.benchmark import (
     run_benchmark,
     run_timm_benchmark,
     saved_activation_mib,
+    timm_kernel_floor,
     timm_markdown,
     to_markdown,
 )
@@ -73,7 +74,8 @@ def parse_args():
                    help="instead: page faults, user and system time per step (first size/batch)")
     p.add_argument("--floor", action="store_true",
                    help="instead: seconds of ours' matmul and attention kernels against "
-                        "detectron2's whole step (the ratio if all else were free)")
+                        "detectron2's whole step (the ratio if all else were free); with --timm, "
+                        "both classifiers' kernel seconds against timm's step")
     p.add_argument("--timm", action="store_true",
                    help="instead: our mvitv2_t classifier against timm's mvitv2_tiny with the same "
                         "weights at 224², inference at batch 8 and a training step at batch 4 "
@@ -93,6 +95,10 @@ def main(args) -> None:
     if args.keep_freed_memory:
         keep_freed_memory()
     torch.set_num_threads(args.threads)
+    if args.timm and args.floor:
+        for row in timm_kernel_floor(repeats=args.repeats):
+            print(json.dumps(row))
+        return
     if args.timm:
         results = run_timm_benchmark(repeats=args.repeats, device=args.device)
         _write_outputs(args.out, timm_markdown(results), results)

@@ -368,28 +368,43 @@ FLOOR_KERNELS = {
 }
 
 
+def kernel_seconds(model: nn.Module, x: torch.Tensor, mode: str, steps: int = 1) -> dict[str, float]:
+    """Seconds per step ``model`` spends in each group of :data:`FLOOR_KERNELS`, and in all
+    ops (``"profiled_step"``): ``torch.profiler`` self time, the mean of ``steps`` profiled
+    steps."""
+    with torch.profiler.profile() as prof:
+        for _ in range(steps):
+            run_step(model, x, mode)
+    self_s = {e.key: e.self_cpu_time_total / 1e6 / steps for e in prof.key_averages()}
+    groups = {group: sum(self_s.get(k, 0.0) for k in keys) for group, keys in FLOOR_KERNELS.items()}
+    return {**groups, "profiled_step": sum(self_s.values())}
+
+
+def pair_kernel_floor(ref: nn.Module, ours: nn.Module, x: torch.Tensor, mode: str,
+                      ref_name: str, repeats: int = 3, profiled_steps: int = 1) -> dict:
+    """Both models' median steps, interleaved, then (profiled after the timings) the seconds of
+    each one's matmul and attention kernels (:func:`kernel_seconds`): ``{ref_name}_s``,
+    ``ours_s``, ``time_ratio``; ``matmul_s``, ``attention_s`` and ``profiled_step_s`` (ours)
+    and the same with the prefix ``{ref_name}_``; and ``floor_ratio`` = (ours' matmul +
+    attention kernel seconds) / the reference's step: the ratio ours would reach if everything
+    else in its step (norms, convs, copies, page faults, Python) cost nothing."""
+    t_ref, t_ours = time_pair(ref, ours, x, mode, repeats=repeats)
+    ours_kernels = kernel_seconds(ours, x, mode, profiled_steps)
+    ref_kernels = kernel_seconds(ref, x, mode, profiled_steps)
+    floor = sum(ours_kernels[group] for group in FLOOR_KERNELS)
+    return {f"{ref_name}_s": t_ref, "ours_s": t_ours, "time_ratio": t_ours / t_ref,
+            **{f"{group}_s": s for group, s in ours_kernels.items()},
+            **{f"{ref_name}_{group}_s": s for group, s in ref_kernels.items()},
+            "floor_ratio": floor / t_ref}
+
+
 def kernel_floor(variant: str, height: int, width: int, batch: int, mode: str,
                  repeats: int = 3) -> dict:
-    """How far our step can fall: the seconds our step spends in its matmul and attention
-    kernels (``torch.profiler`` self time, one profiled step after the timings), against the
-    median step of both models, interleaved in the same process.
-
-    ``floor_ratio`` = (matmul + attention kernel seconds of ours) / detectron2's step: the
-    ratio ours would reach if everything else in its step (norms, convs, copies, page faults,
-    Python) cost nothing.
-    """
+    """:func:`pair_kernel_floor` of ours against detectron2's MViT (``variant``) on a random
+    (batch, 3, height, width) input."""
     ref, ours = build_pair(variant)
-    x = torch.randn(batch, 3, height, width)
-    t_ref, t_ours = time_pair(ref, ours, x, mode, repeats=repeats)
-    with torch.profiler.profile() as prof:
-        run_step(ours, x, mode)
-    self_s = {e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages()}
-    kernels = {group: sum(self_s.get(k, 0.0) for k in keys) for group, keys in FLOOR_KERNELS.items()}
-    floor = sum(kernels.values())
-    return dict(variant=variant, height=height, width=width, batch=batch, mode=mode,
-                d2_s=t_ref, ours_s=t_ours, time_ratio=t_ours / t_ref,
-                **{f"{group}_s": s for group, s in kernels.items()},
-                floor_ratio=floor / t_ref)
+    row = pair_kernel_floor(ref, ours, torch.randn(batch, 3, height, width), mode, "d2", repeats)
+    return dict(variant=variant, height=height, width=width, batch=batch, mode=mode, **row)
 
 
 # (tokens, in, out) of MViTv2-T's Linear layers at 1024²: qkv, MLP fc1/fc2 of stages 1-4

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from ..engine.progress import Progress
-from .backbone import time_pair
+from .backbone import pair_kernel_floor, time_pair
 
 # our model name -> timm's
 TIMM_NAMES = {"mvitv2_t": "mvitv2_tiny", "mvitv2_s": "mvitv2_small", "mvitv2_b": "mvitv2_base"}
@@ -73,6 +73,22 @@ def run_timm_benchmark(name: str = "mvitv2_t", size: int = 224,
         log(progress.line())
         results.append(result)
     return results
+
+
+def timm_kernel_floor(name: str = "mvitv2_t", size: int = 224,
+                      batches: Mapping[str, int] = CLASSIFIER_BATCHES, repeats: int = 10,
+                      profiled_steps: int = 3) -> list[dict]:
+    """Per mode of ``batches``: :func:`~.backbone.pair_kernel_floor` of ours against timm's
+    model, both profiled, so the matmul and attention kernel seconds of the two steps can be
+    compared with the rest of each."""
+    reference, ours = build_timm_pair(name)
+    rows = []
+    for mode, batch in batches.items():
+        x = torch.randn(batch, 3, size, size)
+        row = pair_kernel_floor(reference, ours, x, mode, "timm", repeats, profiled_steps)
+        rows.append(dict(model=name, timm_model=TIMM_NAMES[name], size=size, batch=batch,
+                         mode=mode, **row))
+    return rows
 
 
 def timm_markdown(results: list[ClassifierBenchResult]) -> str:
