@@ -81,10 +81,10 @@ def test_attention_kernels_time_every_implementation_with_its_flop_rate():
         assert times["fwd_gflops"] == pytest.approx(gflop / times["fwd"])
 
 
-def test_timm_comparison_runs_both_modes_on_the_same_function():
+def test_timm_comparison_runs_both_modes_on_the_same_function(tmp_path):
     import torch
 
-    from mvit_backbone.benchmark import build_timm_pair, run_timm_benchmark, timm_markdown
+    from mvit_backbone.benchmark import build_timm_pair, plot_timm, run_timm_benchmark, timm_markdown
 
     reference, ours = build_timm_pair("mvitv2_t")
     x = torch.randn(1, 3, 224, 224)
@@ -99,6 +99,8 @@ def test_timm_comparison_runs_both_modes_on_the_same_function():
         assert r.timm_s > 0 and r.ours_s > 0 and r.time_ratio == pytest.approx(r.ours_s / r.timm_s)
     assert lines[-1].startswith("eta: 0:00:00  mode: 2/2")
     assert "| `mvitv2_t` / timm `mvitv2_tiny` | 64² | 1 | fwd+bwd |" in timm_markdown(results)
+    plot_timm(results, str(tmp_path / "timm.png"))
+    assert (tmp_path / "timm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_timm_kernel_floor_profiles_both_classifiers():

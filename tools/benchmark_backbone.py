@@ -26,6 +26,7 @@ from mvit_backbone.benchmark import (
     linear_kernels,
     page_faults,
     plot,
+    plot_timm,
     run_benchmark,
     run_timm_benchmark,
     saved_activation_mib,
@@ -102,6 +103,7 @@ def main(args) -> None:
     if args.timm:
         results = run_timm_benchmark(repeats=args.repeats, device=args.device)
         _write_outputs(args.out, timm_markdown(results), results)
+        plot_timm(results, args.out + ".png")
         return
     if args.saved:
         for variant in args.variants:

@@ -455,8 +455,9 @@ def to_markdown(results: Iterable[BenchResult], device: str = "cpu") -> str:
 
 def plot(results: Sequence, path: str, labels: Sequence[str] | None = None,
          reference: str = "detectron2") -> None:
-    """Bar chart of the time and memory ratios (``time_ratio``, ``mem_ratio``) per
-    configuration, written to ``path`` (PNG); ``labels`` default to :class:`BenchResult`'s."""
+    """Bar chart of the time ratios (``time_ratio``) per configuration and, where results have
+    them, the memory ratios (``mem_ratio``), written to ``path`` (PNG); ``labels`` default to
+    :class:`BenchResult`'s."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -465,11 +466,15 @@ def plot(results: Sequence, path: str, labels: Sequence[str] | None = None,
     if labels is None:
         labels = [f"{r.variant} {r.height}×{r.width} b{r.batch}\n{r.mode}" for r in results]
     xs = range(len(results))
+    mem = [getattr(r, "mem_ratio", None) for r in results]
+    with_memory = any(m is not None for m in mem)
+    width = 0.4 if with_memory else 0.6
+    shift = width / 2 if with_memory else 0.0
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(results)), 4))
-    width = 0.4
-    ax.bar([x - width / 2 for x in xs], [r.time_ratio for r in results], width, label="time")
-    mem = [r.mem_ratio if r.mem_ratio is not None else 0.0 for r in results]
-    ax.bar([x + width / 2 for x in xs], mem, width, label="peak memory")
+    ax.bar([x - shift for x in xs], [r.time_ratio for r in results], width, label="time")
+    if with_memory:
+        ax.bar([x + shift for x in xs], [m if m is not None else 0.0 for m in mem], width,
+               label="peak memory")
     ax.axhline(1.0, color="k", lw=0.8)
     ax.set_xticks(list(xs))
     ax.set_xticklabels(labels, fontsize=7)

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from ..engine.progress import Progress
-from .backbone import pair_kernel_floor, time_pair
+from .backbone import pair_kernel_floor, plot, time_pair
 
 # our model name -> timm's
 TIMM_NAMES = {"mvitv2_t": "mvitv2_tiny", "mvitv2_s": "mvitv2_small", "mvitv2_b": "mvitv2_base"}
@@ -98,3 +98,9 @@ def timm_markdown(results: list[ClassifierBenchResult]) -> str:
     lines += [f"| `{r.model}` / timm `{r.timm_model}` | {r.size}² | {r.batch} | {r.mode} | "
               f"{r.timm_s:.3f} | {r.ours_s:.3f} | {r.time_ratio:.2f} |" for r in results]
     return "\n".join(lines) + "\n"
+
+
+def plot_timm(results: list[ClassifierBenchResult], path: str) -> None:
+    """Bar chart of :func:`run_timm_benchmark`'s time ratios ours / timm per mode (PNG)."""
+    labels = [f"{r.size}² batch {r.batch}\n{r.mode}" for r in results]
+    plot(results, path, labels=labels, reference="timm")
