@@ -84,7 +84,9 @@ def test_attention_kernels_time_every_implementation_with_its_flop_rate():
 def test_timm_comparison_runs_both_modes_on_the_same_function(tmp_path):
     import torch
 
-    from mvit_backbone.benchmark import build_timm_pair, plot_timm, run_timm_benchmark, timm_markdown
+    from mvit_backbone.benchmark import (
+        build_timm_pair, plot_timm, run_timm_benchmark, timm_markdown,
+    )
 
     reference, ours = build_timm_pair("mvitv2_t")
     x = torch.randn(1, 3, 224, 224)
